@@ -1,0 +1,9 @@
+"""zephyr_lib: the shared library behind the Zephyr reproduction's stage notebooks.
+
+Stages (one vocabulary everywhere: configs, modules, notebooks, run folders, glue keys):
+base -> curate -> sft -> aif -> dpo -> eval -> results.
+Run the whole pipeline with ``python -m zephyr_lib run --profile toy`` (or ``make book``).
+"""
+__version__ = "0.1.0"
+
+STAGES = ("base", "curate", "sft", "aif", "dpo", "eval", "results")

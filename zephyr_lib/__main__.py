@@ -1,0 +1,64 @@
+"""Command line: ``python -m zephyr_lib`` (also installed as ``zephyr``).
+
+    zephyr run --profile toy [--stages base,curate] [--set run.key=value ...] [--force]
+    zephyr config --profile toy [--run sft]     # resolved configs and hashes
+    zephyr status --profile toy                 # which runs are complete
+    zephyr describe sft                         # a stage's config keys, types, defaults
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+
+from .config import STAGE_CONFIGS, ConfigError, describe, load_profile
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="zephyr", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="cmd", required=True)
+    r = sub.add_parser("run", help="execute the plan's stage notebooks with papermill")
+    c = sub.add_parser("config", help="print the resolved configs and hashes")
+    s = sub.add_parser("status", help="which runs are complete")
+    for q in (r, c, s):
+        q.add_argument("--profile", default="toy", help="configs/<profile>.yaml (default: toy)")
+        q.add_argument("--set", dest="sets", action="append", default=[], metavar="RUN.KEY=VALUE")
+    r.add_argument("--stages", default="", help="comma-separated runs or stages (and what they need)")
+    r.add_argument("--force", action="store_true", help="rerun even if a complete run exists")
+    r.add_argument("--timeout", type=float, default=None, help="time limit per stage, seconds")
+    c.add_argument("--run", default=None)
+    d = sub.add_parser("describe", help="a stage's config keys")
+    d.add_argument("stage", choices=[*STAGE_CONFIGS, "world"])
+    a = p.parse_args(argv)
+    try:
+        if a.cmd == "describe":
+            print(describe(a.stage))
+            return 0
+        if a.cmd == "run":
+            from .runner import StageFailed, run_pipeline
+            stages = [x.strip() for x in a.stages.split(",") if x.strip()] or None
+            try:
+                return run_pipeline(a.profile, stages, a.sets, a.force, a.timeout)
+            except StageFailed as e:
+                print(f"error: {e}", file=sys.stderr)
+                return 1
+        prof = load_profile(a.profile, a.sets)
+        if a.cmd == "config":
+            out = {n: {"stage": r.stage, "hash": prof.run_hash(n), "upstream": list(r.upstream),
+                       "config": dataclasses.asdict(r.config)}
+                   for n, r in prof.runs.items() if a.run in (None, n)}
+            print(json.dumps(out, indent=2))
+        else:
+            from .store import status
+            for row in status(prof):
+                state = "complete" if row["complete"] else "partial" if row["partial"] else "-"
+                print(f"{row['run']:<14} {row['stage']:<8} {row['hash']}  {state}")
+        return 0
+    except ConfigError as e:
+        print(f"config error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,90 @@
+"""Stage `sft`: distilled supervised fine-tuning (dSFT) through TRL's SFTTrainer.
+
+The stage maps the profile's :class:`~zephyr_lib.config.SFTConfig` onto ``trl.SFTConfig``
+(:func:`trl_args`; the paper profile resolves to the paper's values) and wraps ``SFTTrainer``.
+Loss on assistant tokens only (the chat template's ``{% generation %}`` markers, eos inside) or
+packing (the paper's setting, which trains on every token) is selectable. Checkpoints go to
+``<run>/checkpoints``; a killed run resumes from the newest complete one when re-run.
+
+Run it through the runner (``python -m zephyr_lib run --profile toy --stages sft``) or open
+``notebooks/02_sft.ipynb``.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from .config import SFTConfig
+from .modeling import last_checkpoint
+
+
+def trl_args(cfg: SFTConfig, output_dir: str | Path, use_cpu: bool | None = None):
+    """The exact ``trl.SFTConfig`` a stage config resolves to."""
+    import torch
+    from trl import SFTConfig as TRLSFTConfig
+
+    cpu = (not torch.cuda.is_available()) if use_cpu is None else use_cpu
+    return TRLSFTConfig(
+        output_dir=str(output_dir),
+        learning_rate=cfg.learning_rate,
+        lr_scheduler_type=cfg.lr_scheduler_type,
+        warmup_steps=cfg.warmup_ratio,  # transformers 5: a float < 1 is a fraction of the steps
+        num_train_epochs=cfg.num_train_epochs,
+        per_device_train_batch_size=cfg.per_device_train_batch_size,
+        per_device_eval_batch_size=cfg.per_device_train_batch_size,
+        gradient_accumulation_steps=cfg.gradient_accumulation_steps,
+        max_length=cfg.max_length,
+        packing=cfg.packing,
+        assistant_only_loss=cfg.assistant_only_loss and not cfg.packing,
+        weight_decay=cfg.weight_decay,
+        logging_steps=cfg.logging_steps,
+        eval_strategy="steps",
+        eval_steps=cfg.eval_steps,
+        save_strategy="steps",
+        save_steps=cfg.save_steps,
+        save_total_limit=2,
+        bf16=cfg.bf16,
+        use_cpu=cpu,
+        activation_checkpointing=cfg.activation_checkpointing,
+        report_to=[],
+        seed=cfg.seed,
+        data_seed=cfg.seed,
+        dataloader_num_workers=0,
+    )
+
+
+def load_sft_data(path: Path, max_train_samples: int = 0):
+    """train_sft / test_sft (``messages`` only) from a DatasetDict saved by curate or aif."""
+    from datasets import load_from_disk
+
+    dsd = load_from_disk(str(path))
+    for split in ("train_sft", "test_sft"):
+        if split not in dsd:
+            raise ValueError(f"{path}: dataset has no split {split!r} (splits: {list(dsd)})")
+        if "messages" not in dsd[split].column_names:
+            raise ValueError(f"{path}: split {split!r} has no 'messages' column")
+    train = dsd["train_sft"].select_columns(["messages"])
+    if max_train_samples:
+        train = train.select(range(min(max_train_samples, len(train))))
+    return train, dsd["test_sft"].select_columns(["messages"])
+
+
+def train(cfg: SFTConfig, init: Path, data: Path, out: Path) -> dict:
+    """Fine-tune the model at `init` on `data`; save to out/model. Returns the trainer's log."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from trl import SFTTrainer
+
+    tok = AutoTokenizer.from_pretrained(init)
+    if tok.pad_token is None or tok.pad_token_id == tok.eos_token_id:
+        raise ValueError(f"{init}: the tokenizer's pad token must exist and differ from eos "
+                         "(pad = eos masks the eos label, so the model would never learn to stop)")
+    model = AutoModelForCausalLM.from_pretrained(init, dtype="auto")
+    train_ds, test_ds = load_sft_data(data, cfg.max_train_samples)
+    trainer = SFTTrainer(model=model, args=trl_args(cfg, out / "checkpoints"), train_dataset=train_ds,
+                         eval_dataset=test_ds, processing_class=tok)
+    trainer.train(resume_from_checkpoint=last_checkpoint(out / "checkpoints"))
+    final = trainer.evaluate()
+    trainer.save_model(str(out / "model"))
+    tok.save_pretrained(out / "model")
+    return {"log_history": trainer.state.log_history, "eval_loss": final["eval_loss"],
+            "steps": trainer.state.global_step, "n_train": len(train_ds), "n_test": len(test_ds),
+            "global_batch_size": cfg.global_batch_size}
