@@ -3,6 +3,7 @@
     zephyr run --profile toy [--stages base,curate] [--set run.key=value ...] [--force]
     zephyr config --profile toy [--run sft]     # resolved configs and hashes
     zephyr status --profile toy                 # which runs are complete
+    zephyr book --profile toy                   # check the book's pages, write provenance
     zephyr describe sft                         # a stage's config keys, types, defaults
 """
 from __future__ import annotations
@@ -28,6 +29,8 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--force", action="store_true", help="rerun even if a complete run exists")
     r.add_argument("--timeout", type=float, default=None, help="time limit per stage, seconds")
     c.add_argument("--run", default=None)
+    b = sub.add_parser("book", help="check the executed pages and write provenance for the book")
+    b.add_argument("--profile", default="toy")
     d = sub.add_parser("describe", help="a stage's config keys")
     d.add_argument("stage", choices=[*STAGE_CONFIGS, "world"])
     a = p.parse_args(argv)
@@ -35,6 +38,12 @@ def main(argv: list[str] | None = None) -> int:
         if a.cmd == "describe":
             print(describe(a.stage))
             return 0
+        if a.cmd == "book":
+            from .book import prepare
+            problems = prepare(a.profile)
+            for msg in problems:
+                print(f"error: {msg}", file=sys.stderr)
+            return 1 if problems else 0
         if a.cmd == "run":
             from .runner import StageFailed, run_pipeline
             stages = [x.strip() for x in a.stages.split(",") if x.strip()] or None

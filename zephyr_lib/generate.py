@@ -75,7 +75,8 @@ class ModelAgent:
         self.batch_size, self.seed = batch_size, seed
 
     def respond_many(self, conversations, *, max_new_tokens: int = 128, temperature: float = 0.0,
-                     temperatures: list[float] | None = None, desc: str | None = None) -> list[str]:
+                     temperatures: list[float] | None = None, desc: str | None = None,
+                     return_stopped: bool = False):
         return chat_generate(self.model, self.tokenizer, conversations, max_new_tokens=max_new_tokens,
                              temperature=temperature, temperatures=temperatures, batch_size=self.batch_size,
-                             seed=self.seed, desc=desc or f"generate ({self.name})")
+                             seed=self.seed, desc=desc or f"generate ({self.name})", return_stopped=return_stopped)

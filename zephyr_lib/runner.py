@@ -30,7 +30,7 @@ from .config import REPO, Profile, load_profile, parse_override
 from .store import RUNS_DIR, context
 
 NOTEBOOKS = REPO / "notebooks"
-BOOK_STAGES = REPO / "book" / "stages"
+BOOK_STAGES = Path(os.environ.get("ZEPHYR_BOOK_STAGES", REPO / "book" / "stages"))
 NOTEBOOK_OF = {"base": "00_base", "curate": "01_curate", "sft": "02_sft", "aif": "03_aif",
                "dpo": "04_dpo", "eval": "05_eval", "results": "06_results"}
 DEFAULT_TIMEOUT_S = {"smoke": 900, "toy": 3600}

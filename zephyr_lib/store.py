@@ -210,3 +210,18 @@ def status(profile: Profile) -> list[dict]:
                      "complete": ctx.complete, "partial": ctx.partial_dir.exists()})
     return rows
 
+
+
+DECLARED = ("profile", "run", "overrides", "force")
+
+
+def extra_parameters(namespace: dict, before: set) -> dict:
+    """Names a papermill run injected into a notebook beyond the declared parameters.
+
+    Call in the cell after the parameters: ``extra_parameters(globals(), _before)``, where
+    ``_before = set(globals())`` was taken in a cell above the parameters cell.
+    """
+    import types as _types
+    return {k: v for k, v in namespace.items()
+            if k not in before and k not in DECLARED and not k.startswith("_")
+            and not isinstance(v, (_types.ModuleType, _types.FunctionType, type))}

@@ -1,0 +1,77 @@
+"""The stage runner end to end on the smoke profile: papermill, cache, failures, parameters."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import nbformat
+import papermill
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.slow
+
+
+def zephyr(tmp_path, *args, timeout=600):
+    env = {**os.environ, "ZEPHYR_RUNS_DIR": str(tmp_path / "runs"), "ZEPHYR_BOOK_STAGES": str(tmp_path / "book")}
+    return subprocess.run([sys.executable, "-m", "zephyr_lib", *args], cwd=REPO, env=env, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def test_run_executes_caches_and_hides_parameters(tmp_path):
+    p = zephyr(tmp_path, "run", "--profile", "smoke", "--stages", "curate")
+    assert p.returncode == 0, p.stderr + p.stdout
+    assert "curate (curate @" in p.stdout and "done in" in p.stdout
+    nb = nbformat.read(tmp_path / "book" / "01_curate.ipynb", as_version=4)
+    assert nb.metadata["zephyr"]["run"] == "curate"
+    tagged = [c for c in nb.cells if "injected-parameters" in c.metadata.get("tags", [])]
+    assert tagged and "remove-input" in tagged[0].metadata["tags"]
+    assert not any(o.get("output_type") == "error" for c in nb.cells if c.cell_type == "code" for o in c.outputs)
+    again = zephyr(tmp_path, "run", "--profile", "smoke", "--stages", "curate")
+    assert again.returncode == 0 and "cached" in again.stdout
+
+
+def test_same_config_and_seed_give_byte_identical_datasets(tmp_path):
+    for sub in ("a", "b"):
+        assert zephyr(tmp_path / sub, "run", "--profile", "smoke", "--stages", "curate").returncode == 0
+    runs = [next((tmp_path / s / "runs" / "smoke" / "curate").glob("[0-9a-f]*")) for s in ("a", "b")]
+    assert runs[0].name == runs[1].name
+    files = sorted(p.relative_to(runs[0]) for p in runs[0].rglob("*") if p.is_file()
+                   and p.suffix in (".arrow", ".jsonl") or p.name == "dataset_dict.json")
+    assert any(str(f).endswith(".arrow") for f in files)
+    for f in files:
+        assert (runs[0] / f).read_bytes() == (runs[1] / f).read_bytes(), f
+
+
+def test_a_failing_stage_names_run_cell_and_log_and_never_reaches_the_book(tmp_path):
+    p = zephyr(tmp_path, "run", "--profile", "smoke", "--stages", "curate",
+               "--set", "curate.source=/nonexistent/raw_ultrachat.jsonl")
+    assert p.returncode == 1
+    assert "run 'curate'" in p.stderr and "code cell" in p.stderr and "curate.log" in p.stderr
+    assert not (tmp_path / "book" / "01_curate.ipynb").exists()
+    assert not list((tmp_path / "runs" / "smoke" / "curate").glob("[0-9a-f]*"))
+
+
+def test_bad_overrides_fail_before_any_work(tmp_path):
+    p = zephyr(tmp_path, "run", "--profile", "smoke", "--set", "curate.no_such_key=1")
+    assert p.returncode == 2 and "no_such_key" in p.stderr
+    assert not (tmp_path / "runs").exists()
+
+
+def test_unknown_and_secret_papermill_parameters_are_refused(tmp_path, monkeypatch):
+    monkeypatch.setenv("ZEPHYR_RUNS_DIR", str(tmp_path / "runs"))
+    nb = REPO / "notebooks" / "01_curate.ipynb"
+    for params, needle in (({"profile": "smoke", "bogus": 1}, "bogus"),
+                           ({"profile": "smoke", "openai_api_key": "x"}, "looks like a secret")):
+        with pytest.raises(papermill.PapermillExecutionError) as e:
+            papermill.execute_notebook(str(nb), str(tmp_path / "out.ipynb"), parameters=params, cwd=str(REPO),
+                                       kernel_name="python3", progress_bar=False)
+        assert needle in str(e.value)
+    # a config key given directly as a papermill parameter is an override, validated
+    papermill.execute_notebook(str(nb), str(tmp_path / "out.ipynb"), cwd=str(REPO), kernel_name="python3",
+                               parameters={"profile": "smoke", "n_dialogues": 60}, progress_bar=False)
+    manifests = list((tmp_path / "runs" / "smoke" / "curate").glob("*/manifest.json"))
+    assert [json.loads(m.read_text())["config"]["n_dialogues"] for m in manifests] == [60]

@@ -1,0 +1,69 @@
+"""Prepare the Jupyter Book for a profile: check the executed stage pages, write provenance.
+
+    python -m zephyr_lib book --profile toy     # then: jupyter-book build . -W -n --keep-going
+
+Papermill is the only executor (``_config.yml`` has ``execute_notebooks: 'off'``), so the book
+shows exactly what the runner executed. This step refuses to build a book whose stage pages are
+missing or come from another profile or config, and writes ``book/generated/provenance.md``
+(versions, hashes, timings per run) from the runs' manifests.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from .config import REPO, load_profile
+from .io import atomic_write_text
+from .runner import NOTEBOOK_OF, _executed_hash, executed_path
+from .store import context
+
+GENERATED = REPO / "book" / "generated"
+
+
+def provenance_markdown(profile) -> str:
+    rows = ["| run | stage | config hash | upstream | wall time | finished (UTC) | git commit |",
+            "|---|---|---|---|---|---|---|"]
+    versions: dict = {}
+    machine: dict = {}
+    total = 0.0
+    for run in profile.order():
+        ctx = context(profile, run.name)
+        if not ctx.complete:
+            rows.append(f"| {run.name} | {run.stage} | `{ctx.hash}` | | not run | | |")
+            continue
+        man = ctx.manifest()
+        versions, machine = man["packages"], man["machine"]
+        total += man["wall_time_s"]
+        ups = ", ".join(f"{k} `{v}`" for k, v in man["upstream"].items()) or "–"
+        commit = (man["git"]["commit"] or "unknown")[:10] + (" (dirty)" if man["git"]["dirty"] else "")
+        rows.append(f"| {run.name} | {run.stage} | `{ctx.hash}` | {ups} | {man['wall_time_s']:.0f} s | "
+                    f"{man['end']} | `{commit}` |")
+    out = [f"Profile **{profile.name}** (`{profile.path.relative_to(REPO)}`), {len(profile.runs)} runs, "
+           f"{total / 60:.1f} min of stage time in all.", "", *rows, ""]
+    if versions:
+        out += ["Package versions recorded by the runs:", "",
+                "| package | version |", "|---|---|", *[f"| {k} | {v} |" for k, v in versions.items()], "",
+                f"Machine: {machine.get('platform', '?')}, {machine.get('cpus', '?')} CPUs.", ""]
+    return "\n".join(out)
+
+
+def prepare(profile_name: str) -> list[str]:
+    """Check every stage page exists for this profile's current config; write provenance."""
+    profile = load_profile(profile_name)
+    problems = []
+    for stage, nb in NOTEBOOK_OF.items():
+        if not (REPO / "notebooks" / f"{nb}.ipynb").exists():
+            continue
+        main = profile.runs.get(stage)
+        if main is None:
+            problems.append(f"profile {profile.name} has no run named {stage!r}: the book has a page for every stage")
+            continue
+        path = executed_path(profile, stage)
+        want = context(profile, stage).hash
+        if _executed_hash(path) != want:
+            problems.append(f"{path.relative_to(REPO)} is missing or from another run (want {stage} @ {want}): "
+                            f"python -m zephyr_lib run --profile {profile.name}")
+    GENERATED.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(GENERATED / "provenance.md", provenance_markdown(profile))
+    atomic_write_text(GENERATED / "profile.json", json.dumps({"profile": profile.name}) + "\n")
+    return problems
