@@ -1,0 +1,341 @@
+"""Tests for zephyr_lib.judges against a real HTTP server on 127.0.0.1 that fails on purpose.
+
+The server mimics POST /v1/chat/completions. Each request's last message reads
+"case:<behaviour> #<i>"; the behaviour scripts the first replies for that content (429 with
+Retry-After: 0, 500, a reply slower than the client timeout, a non-JSON body, a body without
+choices, a message without content, 401 for a wrong key, ...), after which it answers
+"echo:<content>" with usage 10 prompt + 5 completion tokens.
+"""
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections import Counter
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+
+from zephyr_lib.judges import (
+    AllCallsFailedError,
+    Backend,
+    Completion,
+    FatalBackendError,
+    Judge,
+    MissingAPIKeyError,
+    OpenAIChatBackend,
+    TransportError,
+    _parse_retry_after,
+    cache_key,
+    judge_from_config,
+    register_backend,
+)
+
+KEY = "sk-test-VERYSECRET-0123456789abcdef"
+ENV = "ZEPHYR_TEST_JUDGE_KEY"
+
+
+class ScriptedServer(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def __init__(self):
+        super().__init__(("127.0.0.1", 0), Handler)
+        self.lock = threading.Lock()
+        self.seen: Counter = Counter()
+        self.total = 0
+        self.inflight = 0
+        self.max_inflight = 0
+
+
+class Handler(BaseHTTPRequestHandler):
+    server: ScriptedServer
+
+    def log_message(self, *args):  # keep pytest output clean
+        pass
+
+    def _send(self, status: int, body: bytes, headers: dict | None = None):
+        try:
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            for k, v in (headers or {}).items():
+                self.send_header(k, v)
+            self.end_headers()
+            self.wfile.write(body)
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # the client gave up (timeout case)
+
+    def _ok(self, text: str):
+        reply = {"id": "x", "object": "chat.completion",
+                 "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
+                              "finish_reason": "stop"}],
+                 "usage": {"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15}}
+        self._send(200, json.dumps(reply).encode())
+
+    def do_POST(self):
+        srv = self.server
+        length = int(self.headers.get("Content-Length", "0"))
+        body = json.loads(self.rfile.read(length))
+        content = body["messages"][-1]["content"]
+        with srv.lock:
+            n = srv.seen[content]
+            srv.seen[content] += 1
+            srv.total += 1
+            srv.inflight += 1
+            srv.max_inflight = max(srv.max_inflight, srv.inflight)
+        try:
+            if self.path != "/v1/chat/completions":
+                return self._send(404, b'{"error": "no such route"}')
+            auth = self.headers.get("Authorization", "")
+            if auth != f"Bearer {KEY}":
+                # like real servers, echo (part of) the presented key back in the error body
+                msg = {"error": {"message": f"Incorrect API key provided: {auth}", "code": "invalid_api_key"}}
+                return self._send(401, json.dumps(msg).encode())
+            assert body["model"] == "judge-model" and body["max_tokens"] == 64
+            case = content.split()[0].removeprefix("case:")
+            if case == "r429" and n == 0:
+                return self._send(429, b'{"error": "slow down"}', {"Retry-After": "0"})
+            if case == "r500x2" and n < 2:
+                return self._send(500, b'{"error": "boom"}')
+            if case == "timeout" and n == 0:
+                time.sleep(1.5)  # longer than the client timeout (0.5 s)
+                return self._ok("too late")
+            if case == "badjson" and n == 0:
+                return self._send(200, b"{this is not json")
+            if case == "nochoices" and n == 0:
+                return self._send(200, b'{"id": "x", "object": "chat.completion"}')
+            if case == "nocontent" and n == 0:
+                return self._send(200, b'{"choices": [{"message": {"role": "assistant"}}]}')
+            if case == "down":
+                return self._send(503, b'{"error": "overloaded"}')
+            if case == "bad400":
+                return self._send(400, b'{"error": {"message": "context length exceeded"}}')
+            if case == "garbage":
+                return self._ok("garbage")
+            if case == "flakyparse":
+                return self._ok("bad" if n == 0 else "SCORE: 7")
+            if case == "slow":
+                time.sleep(0.1)
+            return self._ok(f"echo:{content}")
+        finally:
+            with srv.lock:
+                srv.inflight -= 1
+
+
+@pytest.fixture
+def server():
+    srv = ScriptedServer()
+    thread = threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    try:
+        yield srv
+    finally:
+        srv.shutdown()
+        srv.server_close()
+        thread.join(timeout=5)
+
+
+@pytest.fixture
+def key_env(monkeypatch):
+    monkeypatch.setenv(ENV, KEY)
+    return ENV
+
+
+def make_backend(server, **kw) -> OpenAIChatBackend:
+    opts = dict(api_key_env=ENV, timeout=0.5, max_retries=3, backoff_base=0.01, backoff_max=0.05,
+                concurrency=4, price_per_1k_prompt=0.03, price_per_1k_completion=0.06)
+    opts.update(kw)
+    return OpenAIChatBackend(f"http://127.0.0.1:{server.server_address[1]}/v1", "judge-model", **opts)
+
+
+def msgs(content: str) -> list[dict]:
+    return [{"role": "system", "content": "You are a judge."}, {"role": "user", "content": content}]
+
+
+def parse_score(text: str) -> int:
+    if not text.startswith("SCORE: "):
+        raise ValueError(f"no score in {text!r}")
+    return int(text.split(": ")[1])
+
+
+def test_scripted_failures_all_recovered_in_order_then_free_rerun(server, key_env, tmp_path):
+    cases = ["ok", "r429", "r500x2", "timeout", "badjson", "nochoices", "nocontent", "ok",
+             "r429", "ok", "badjson", "ok"]
+    contents = [f"case:{c} #{i}" for i, c in enumerate(cases)]
+    judge = Judge(make_backend(server), tmp_path / "cache", progress=False)
+    results = judge.complete_many([msgs(c) for c in contents], temperature=0.0, max_tokens=64)
+
+    assert [r.text for r in results] == [f"echo:{c}" for c in contents]  # nothing lost, in order
+    assert all(r.ok and not r.cached and r.error is None and r.attempts == 1 for r in results)
+    # the server saw every retry
+    extra = {"r429": 1, "r500x2": 2, "timeout": 1, "badjson": 1, "nochoices": 1, "nocontent": 1, "ok": 0}
+    for content, case in zip(contents, cases):
+        assert server.seen[content] == 1 + extra[case], content
+    expected_retries = sum(extra[c] for c in cases)
+    assert server.total == len(cases) + expected_retries
+    s = judge.stats
+    assert (s.calls, s.cache_hits, s.retries, s.transport_failures) == (12, 0, expected_retries, 0)
+    assert (s.prompt_tokens, s.completion_tokens) == (120, 60)  # only the successful replies' usage
+    assert s.cost_usd == pytest.approx(12 * (10 * 0.03 + 5 * 0.06) / 1000)
+
+    # rerun with a fresh judge over the same cache: zero HTTP calls, identical answers
+    before = server.total
+    judge2 = Judge(make_backend(server), tmp_path / "cache", progress=False)
+    again = judge2.complete_many([msgs(c) for c in contents], temperature=0.0, max_tokens=64)
+    assert server.total == before
+    assert [r.text for r in again] == [r.text for r in results]
+    assert all(r.cached and r.ok for r in again)
+    assert (judge2.stats.calls, judge2.stats.cache_hits, judge2.stats.cost_usd) == (0, 12, 0.0)
+
+    # the key never reaches the cache, reprs or stats
+    files = list((tmp_path / "cache").rglob("*.json"))
+    assert len(files) == 12
+    for f in files:
+        text = f.read_text()
+        assert KEY not in text and "VERYSECRET" not in text
+        entry = json.loads(text)
+        assert entry["backend"] == f"judge-model@http://127.0.0.1:{server.server_address[1]}/v1"
+    for shown in (repr(judge.backend), repr(judge), str(judge.stats.as_dict()), str(vars(judge.backend))):
+        assert KEY not in shown
+    assert not list((tmp_path / "cache").rglob("*.tmp"))  # atomic writes leave no temp files
+
+
+def test_concurrency_is_bounded(server, key_env, tmp_path):
+    judge = Judge(make_backend(server, concurrency=3), tmp_path, progress=False)
+    results = judge.complete_many([msgs(f"case:slow #{i}") for i in range(9)], max_tokens=64)
+    assert all(r.ok for r in results)
+    assert 2 <= server.max_inflight <= 3
+
+
+def test_401_fails_fast_without_retries_and_hides_the_key(server, monkeypatch, tmp_path):
+    wrong = "sk-wrong-SECRET-abcdefghijklmnop"
+    monkeypatch.setenv(ENV, wrong)
+    backend = make_backend(server, concurrency=1)
+    judge = Judge(backend, tmp_path, progress=False)
+    with pytest.raises(FatalBackendError) as exc:
+        judge.complete_many([msgs(f"case:ok #{i}") for i in range(5)], max_tokens=64)
+    message = str(exc.value)
+    assert "401" in message and backend.endpoint in message and ENV in message
+    assert wrong not in message and "SECRET" not in message
+    assert server.total == 1  # no retry, no further calls
+    assert judge.stats.retries == 0
+
+    with pytest.raises(FatalBackendError) as exc2:
+        backend.complete(msgs("case:ok #single"), temperature=0.0, max_tokens=64)
+    assert wrong not in str(exc2.value)
+    assert server.total == 2
+    assert not list(tmp_path.rglob("*.json"))  # failures are never cached
+
+
+def test_missing_key_names_the_variable(monkeypatch, tmp_path):
+    monkeypatch.delenv("ZEPHYR_NO_SUCH_KEY", raising=False)
+    with pytest.raises(MissingAPIKeyError, match="ZEPHYR_NO_SUCH_KEY"):
+        judge_from_config("openai", base_url="http://127.0.0.1:9/v1", model="m",
+                          api_key_env="ZEPHYR_NO_SUCH_KEY", cache_dir=tmp_path)
+
+
+def test_failures_recorded_not_raised_and_not_cached(server, key_env, tmp_path):
+    judge = Judge(make_backend(server, max_retries=1), tmp_path, progress=False)
+    inputs = [msgs("case:ok #0"), msgs("case:down #1"), msgs("case:bad400 #2"), msgs("case:ok #3")]
+    res = judge.complete_many(inputs, max_tokens=64)
+    assert [r.ok for r in res] == [True, False, False, True]
+    assert res[1].text is None and "HTTP 503" in res[1].error and "2 attempt" in res[1].error
+    assert "HTTP 400" in res[2].error
+    assert server.seen["case:down #1"] == 2  # one retry
+    assert server.seen["case:bad400 #2"] == 1  # 400 is not retried
+    assert judge.stats.transport_failures == 2 and judge.stats.retries == 1
+    before = server.total
+    res2 = judge.complete_many(inputs, max_tokens=64)
+    assert [r.cached for r in res2] == [True, False, False, True]
+    assert server.total == before + 3  # the failed ones are asked again (2 + 1 requests)
+
+
+def test_every_call_failing_raises_naming_the_endpoint(server, key_env, tmp_path):
+    backend = make_backend(server, max_retries=1)
+    judge = Judge(backend, tmp_path, progress=False)
+    with pytest.raises(AllCallsFailedError) as exc:
+        judge.complete_many([msgs(f"case:down #{i}") for i in range(3)], max_tokens=64)
+    assert backend.endpoint in str(exc.value) and KEY not in str(exc.value)
+    assert server.total == 6
+
+
+def test_parse_retries_then_ok_false_and_free_rerun(server, key_env, tmp_path):
+    judge = Judge(make_backend(server), tmp_path, progress=False)
+    inputs = [msgs("case:garbage #0"), msgs("case:flakyparse #1"), msgs("case:ok #2")]
+
+    def parse(text):
+        return parse_score(text) if "echo" not in text else len(text)
+
+    res = judge.complete_many(inputs, parse=parse, parse_retries=2, max_tokens=64)
+    assert res[0].ok is False and res[0].parsed is None and res[0].text == "garbage"
+    assert "unparsable reply after 3 attempt(s)" in res[0].error and res[0].attempts == 3
+    assert res[1].ok and res[1].parsed == 7 and res[1].attempts == 2
+    assert res[2].ok and res[2].attempts == 1
+    assert server.seen["case:garbage #0"] == 3 and server.seen["case:flakyparse #1"] == 2
+    assert (judge.stats.parse_retries, judge.stats.parse_failures, judge.stats.calls) == (3, 1, 6)
+
+    before = server.total
+    judge2 = Judge(make_backend(server), tmp_path, progress=False)
+    res2 = judge2.complete_many(inputs, parse=parse, parse_retries=2, max_tokens=64)
+    assert server.total == before
+    assert [(r.ok, r.parsed, r.attempts) for r in res2] == [(r.ok, r.parsed, r.attempts) for r in res]
+    assert judge2.stats.calls == 0 and judge2.stats.parse_failures == 1
+
+
+def test_sync_single_call_retries(server, key_env):
+    backend = make_backend(server)
+    comp = backend.complete(msgs("case:r500x2 #s"), temperature=0.0, max_tokens=64)
+    assert comp.text == "echo:case:r500x2 #s" and comp.attempts == 3
+    assert (comp.prompt_tokens, comp.completion_tokens) == (10, 5)
+    assert backend.cost_usd(1000, 1000) == pytest.approx(0.09)
+    backend.close()
+
+
+def test_retry_after_parsing():
+    assert _parse_retry_after("0") == 0.0
+    assert _parse_retry_after("2.5") == 2.5
+    assert _parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT") == 0.0  # a date in the past
+    assert _parse_retry_after("soon") is None and _parse_retry_after(None) is None
+
+
+class CountingBackend:
+    """A synchronous backend, like the offline stand-in judge."""
+
+    def __init__(self, name="toy-judge-v1", fail_on=()):
+        self.name = name
+        self.calls = []
+        self.fail_on = set(fail_on)
+
+    def complete(self, messages, *, temperature, max_tokens):
+        content = messages[-1]["content"]
+        self.calls.append(content)
+        if content in self.fail_on:
+            raise TransportError("simulated outage")
+        return Completion(text=f"SCORE: {len(content)}", prompt_tokens=3, completion_tokens=2)
+
+
+def test_sync_backend_through_factory_and_registry(tmp_path):
+    backend = CountingBackend(fail_on={"bb"})
+    assert isinstance(backend, Backend)
+    judge = judge_from_config(backend, cache_dir=tmp_path, progress=False)
+    res = judge.complete_many([msgs("a"), msgs("bb"), msgs("ccc")], parse=parse_score)
+    assert [(r.ok, r.parsed) for r in res] == [(True, 1), (False, None), (True, 3)]
+    assert "simulated outage" in res[1].error
+    assert judge.stats.transport_failures == 1 and judge.stats.prompt_tokens == 6
+    judge.complete_many([msgs("a"), msgs("ccc")], parse=parse_score)
+    assert backend.calls == ["a", "bb", "ccc"]  # second run fully cached
+
+    register_backend("counting-test", lambda **kw: CountingBackend(name=kw.get("model", "x")))
+    j2 = judge_from_config("counting-test", model="toy-2", cache_dir=tmp_path / "c2", progress=False)
+    assert j2.backend.name == "toy-2"
+    with pytest.raises(ValueError, match="unknown judge kind"):
+        judge_from_config("nope", cache_dir=tmp_path)
+
+
+def test_cache_key_covers_every_input():
+    m = msgs("x")
+    base = cache_key("j", m, 0.0, 10, 0)
+    assert base == cache_key("j", [dict(d) for d in m], 0, 10, 0)  # canonical: 0 == 0.0
+    others = {cache_key("k", m, 0.0, 10, 0), cache_key("j", msgs("y"), 0.0, 10, 0),
+              cache_key("j", m, 0.7, 10, 0), cache_key("j", m, 0.0, 11, 0), cache_key("j", m, 0.0, 10, 1)}
+    assert base not in others and len(others) == 5

@@ -1,0 +1,689 @@
+"""One judge interface for AI feedback: an offline stand-in or any OpenAI-compatible endpoint.
+
+The AIF stage (and the MT-Bench / AlpacaEval style evaluations) ask a *judge* model to rate
+texts. This module separates three concerns:
+
+* ``Backend`` -- anything with a ``name`` and a ``complete(messages, *, temperature,
+  max_tokens) -> Completion`` method. The offline stand-in judge implements it synchronously;
+  :class:`OpenAIChatBackend` talks to a real ``{base_url}/chat/completions`` endpoint with
+  retries, backoff, bounded concurrency and token/cost accounting.
+* :class:`Judge` -- wraps a backend with an on-disk cache (one JSON file per request, written
+  atomically) and a batch API, :meth:`Judge.complete_many`, that keeps results in input order,
+  re-asks when a reply cannot be parsed, records every failure instead of silently scoring it,
+  and counts what happened in ``judge.stats``. Rerunning the same inputs makes no backend call.
+* :func:`judge_from_config` -- builds a :class:`Judge` from config values (``kind="openai"``
+  for any OpenAI-compatible server, a kind registered with :func:`register_backend`, or a
+  ready backend object).
+
+Usage::
+
+    from zephyr_lib.judges import judge_from_config
+    judge = judge_from_config("openai", base_url="https://api.openai.com/v1", model="gpt-4-0613",
+                              api_key_env="OPENAI_API_KEY", cache_dir="runs/x/aif/judge_cache")
+    results = judge.complete_many(list_of_message_lists, parse=my_parser, parse_retries=2,
+                                  temperature=0.0, max_tokens=1024, desc="rate")
+    ok = [r.parsed for r in results if r.ok]
+    print(judge.stats.as_dict())
+
+Secrets: the API key is read only from the environment variable whose *name* is configured.
+It is sent in the Authorization header and nowhere else: never printed, logged, put in an
+exception message (error bodies are redacted), a repr, or a cache file.
+"""
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import email.utils
+import hashlib
+import json
+import logging
+import os
+import random
+import threading
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Callable, Protocol, Sequence, runtime_checkable
+
+from .io import write_json
+
+log = logging.getLogger(__name__)
+
+
+# --------------------------------------------------------------------------------------------
+# Backend protocol and errors
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Completion:
+    """One chat completion. ``attempts`` is how many HTTP requests it took (1 = no retry)."""
+
+    text: str
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    attempts: int = 1
+
+
+@runtime_checkable
+class Backend(Protocol):
+    """A judge model. ``name`` identifies the model (and endpoint); it is part of the cache key."""
+
+    name: str
+
+    def complete(self, messages: list[dict], *, temperature: float, max_tokens: int) -> Completion:
+        ...
+
+
+class JudgeError(RuntimeError):
+    """Base class of judge failures."""
+
+
+class MissingAPIKeyError(JudgeError):
+    """The environment variable that should hold the API key is unset or empty."""
+
+
+class TransportError(JudgeError):
+    """A call failed for good (after retries, or with a non-retryable reply for this request)."""
+
+    def __init__(self, message: str, *, attempts: int = 1, status: int | None = None):
+        super().__init__(message)
+        self.attempts = attempts
+        self.status = status
+
+
+class FatalBackendError(TransportError):
+    """The endpoint itself refuses us (401/403/404): every further call would fail the same way."""
+
+
+class AllCallsFailedError(JudgeError):
+    """Every call of a batch failed: the endpoint is down or misconfigured."""
+
+
+# --------------------------------------------------------------------------------------------
+# OpenAI-compatible chat-completions backend
+# --------------------------------------------------------------------------------------------
+
+
+class _Retry:
+    """Internal: a retryable outcome with its reason and an optional server-requested delay."""
+
+    __slots__ = ("reason", "retry_after", "status")
+
+    def __init__(self, reason: str, retry_after: float | None = None, status: int | None = None):
+        self.reason = reason
+        self.retry_after = retry_after
+        self.status = status
+
+
+def _parse_retry_after(value: str | None) -> float | None:
+    if not value:
+        return None
+    value = value.strip()
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when is None:
+        return None
+    return max(0.0, when.timestamp() - time.time())
+
+
+FATAL_STATUSES = frozenset({401, 403, 404})
+RETRYABLE_STATUSES = frozenset({408, 409, 425, 429})
+
+
+class OpenAIChatBackend:
+    """Any OpenAI-compatible ``POST {base_url}/chat/completions`` endpoint.
+
+    * Retries (exponential backoff with jitter, up to ``max_retries`` extra requests) on 429
+      (honouring ``Retry-After``), 408/409/425, 5xx, timeouts, connection errors, and malformed
+      replies (non-JSON body, missing ``choices``/``message``/``content``).
+    * 401/403/404 raise :class:`FatalBackendError` at once (no retry); other 4xx (e.g. 400 for
+      an over-long prompt) raise :class:`TransportError` for that request only, without retry.
+    * ``complete`` is a synchronous single call; ``complete_batch`` runs many calls on an
+      ``httpx.AsyncClient`` with at most ``concurrency`` requests in flight.
+    * Token counts come from the reply's ``usage``; :meth:`cost_usd` prices them with the
+      optional per-1k-token prices.
+    """
+
+    def __init__(
+        self,
+        base_url: str,
+        model: str,
+        *,
+        api_key_env: str = "OPENAI_API_KEY",
+        timeout: float = 60.0,
+        max_retries: int = 6,
+        backoff_base: float = 1.0,
+        backoff_max: float = 60.0,
+        concurrency: int = 8,
+        price_per_1k_prompt: float | None = None,
+        price_per_1k_completion: float | None = None,
+        extra_body: dict | None = None,
+    ):
+        if not base_url or not model:
+            raise ValueError("OpenAIChatBackend needs both base_url and model")
+        if concurrency < 1:
+            raise ValueError("concurrency must be >= 1")
+        self.base_url = base_url.rstrip("/")
+        self.model = model
+        self.endpoint = f"{self.base_url}/chat/completions"
+        self.name = f"{model}@{self.base_url}"
+        self.api_key_env = api_key_env
+        self.timeout = float(timeout)
+        self.max_retries = int(max_retries)
+        self.backoff_base = float(backoff_base)
+        self.backoff_max = float(backoff_max)
+        self.concurrency = int(concurrency)
+        self.price_per_1k_prompt = price_per_1k_prompt
+        self.price_per_1k_completion = price_per_1k_completion
+        self.extra_body = dict(extra_body or {})
+        self._jitter = random.Random()
+        self._client = None
+        self._api_key()  # fail early, naming the variable, if the key is missing
+
+    def __repr__(self) -> str:
+        return (f"OpenAIChatBackend(name={self.name!r}, api_key_env={self.api_key_env!r}, "
+                f"timeout={self.timeout}, max_retries={self.max_retries}, concurrency={self.concurrency})")
+
+    # -- secrets ------------------------------------------------------------------------------
+
+    def _api_key(self) -> str:
+        key = os.environ.get(self.api_key_env, "")
+        if not key.strip():
+            raise MissingAPIKeyError(
+                f"judge endpoint {self.endpoint} needs an API key: set the environment variable "
+                f"{self.api_key_env} (the key is read only from there)")
+        return key.strip()
+
+    def _headers(self) -> dict:
+        return {"Authorization": f"Bearer {self._api_key()}", "Content-Type": "application/json"}
+
+    def _redact(self, text: str) -> str:
+        key = os.environ.get(self.api_key_env, "").strip()
+        if key:
+            text = text.replace(key, "***")
+            if len(key) > 8:  # servers often echo a prefix of the key: hide any 8+ char prefix
+                for cut in range(len(key) - 1, 7, -1):
+                    if key[:cut] in text:
+                        text = text.replace(key[:cut], "***")
+        return text
+
+    # -- request / reply ----------------------------------------------------------------------
+
+    def _body(self, messages: list[dict], temperature: float, max_tokens: int) -> dict:
+        body = {"model": self.model, "messages": messages, "temperature": float(temperature),
+                "max_tokens": int(max_tokens)}
+        body.update(self.extra_body)
+        return body
+
+    def _interpret(self, resp) -> Completion | _Retry:
+        status = resp.status_code
+        if status == 200:
+            try:
+                data = resp.json()
+            except ValueError:
+                return _Retry("malformed reply: body is not JSON", status=status)
+            try:
+                choice = data["choices"][0]
+                content = choice["message"]["content"]
+            except (KeyError, IndexError, TypeError):
+                return _Retry("malformed reply: missing choices[0].message.content", status=status)
+            if not isinstance(content, str):
+                return _Retry("malformed reply: message content is not a string", status=status)
+            usage = data.get("usage") if isinstance(data, dict) else None
+            usage = usage if isinstance(usage, dict) else {}
+            return Completion(text=content, prompt_tokens=int(usage.get("prompt_tokens") or 0),
+                              completion_tokens=int(usage.get("completion_tokens") or 0))
+        excerpt = self._redact(resp.text[:300]) if resp.content else ""
+        if status in FATAL_STATUSES:
+            raise FatalBackendError(
+                f"HTTP {status} from {self.endpoint} (model {self.model}); check the endpoint, the "
+                f"model name and the key in ${self.api_key_env}. Server said: {excerpt}",
+                status=status)
+        if status in RETRYABLE_STATUSES or status >= 500:
+            return _Retry(f"HTTP {status}", _parse_retry_after(resp.headers.get("retry-after")), status)
+        raise TransportError(f"HTTP {status} from {self.endpoint}: request rejected: {excerpt}",
+                             status=status)
+
+    def _delay(self, attempt: int, retry_after: float | None) -> float:
+        if retry_after is not None:
+            return min(retry_after, self.backoff_max)
+        delay = min(self.backoff_max, self.backoff_base * (2 ** (attempt - 1)))
+        return delay * (0.5 + 0.5 * self._jitter.random())
+
+    def _give_up(self, outcome: _Retry, attempts: int) -> TransportError:
+        return TransportError(
+            f"{self.endpoint}: gave up after {attempts} attempt(s); last error: {outcome.reason}",
+            attempts=attempts, status=outcome.status)
+
+    # -- synchronous single call --------------------------------------------------------------
+
+    def complete(self, messages: list[dict], *, temperature: float, max_tokens: int) -> Completion:
+        import httpx
+
+        if self._client is None:
+            self._client = httpx.Client(timeout=httpx.Timeout(self.timeout))
+        body = self._body(messages, temperature, max_tokens)
+        attempts = 0
+        while True:
+            attempts += 1
+            try:
+                resp = self._client.post(self.endpoint, json=body, headers=self._headers())
+            except httpx.TimeoutException:
+                outcome: Completion | _Retry = _Retry(f"timeout after {self.timeout}s")
+            except httpx.TransportError as e:
+                outcome = _Retry(f"connection error ({type(e).__name__})")
+            else:
+                outcome = self._interpret(resp)
+            if isinstance(outcome, Completion):
+                outcome.attempts = attempts
+                return outcome
+            if attempts > self.max_retries:
+                raise self._give_up(outcome, attempts)
+            delay = self._delay(attempts, outcome.retry_after)
+            log.info("judge %s: %s; retry %d/%d in %.2fs", self.endpoint, outcome.reason, attempts,
+                     self.max_retries, delay)
+            time.sleep(delay)
+
+    def close(self) -> None:
+        if self._client is not None:
+            self._client.close()
+            self._client = None
+
+    # -- asynchronous batch -------------------------------------------------------------------
+
+    async def _acomplete(self, client, sem: asyncio.Semaphore, messages, temperature, max_tokens) -> Completion:
+        import httpx
+
+        body = self._body(messages, temperature, max_tokens)
+        attempts = 0
+        while True:
+            attempts += 1
+            async with sem:
+                try:
+                    resp = await client.post(self.endpoint, json=body, headers=self._headers())
+                except httpx.TimeoutException:
+                    outcome: Completion | _Retry = _Retry(f"timeout after {self.timeout}s")
+                except httpx.TransportError as e:
+                    outcome = _Retry(f"connection error ({type(e).__name__})")
+                else:
+                    outcome = self._interpret(resp)
+            if isinstance(outcome, Completion):
+                outcome.attempts = attempts
+                return outcome
+            if attempts > self.max_retries:
+                raise self._give_up(outcome, attempts)
+            delay = self._delay(attempts, outcome.retry_after)
+            log.info("judge %s: %s; retry %d/%d in %.2fs", self.endpoint, outcome.reason, attempts,
+                     self.max_retries, delay)
+            await asyncio.sleep(delay)  # outside the semaphore: a waiting retry holds no slot
+
+    async def _abatch(self, batch, temperature, max_tokens, on_done):
+        import httpx
+
+        sem = asyncio.Semaphore(self.concurrency)
+        limits = httpx.Limits(max_connections=self.concurrency, max_keepalive_connections=self.concurrency)
+        async with httpx.AsyncClient(timeout=httpx.Timeout(self.timeout), limits=limits) as client:
+
+            async def one(i, messages):
+                try:
+                    res: Completion | Exception = await self._acomplete(client, sem, messages, temperature, max_tokens)
+                except FatalBackendError:
+                    raise
+                except (TransportError, ValueError, TypeError) as e:
+                    res = e
+                if on_done is not None:
+                    on_done(i, res)
+                return res
+
+            tasks = [asyncio.ensure_future(one(i, m)) for i, m in enumerate(batch)]
+            if not tasks:
+                return []
+            done, pending = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+            fatal = next((t.exception() for t in done if t.exception() is not None), None)
+            if fatal is not None:
+                for t in pending:
+                    t.cancel()
+                await asyncio.gather(*pending, return_exceptions=True)
+                raise fatal
+            return [t.result() for t in tasks]
+
+    def complete_batch(self, batch: Sequence[list[dict]], *, temperature: float, max_tokens: int,
+                       on_done: Callable[[int, Completion | Exception], None] | None = None) -> list:
+        """Run many calls concurrently. Returns, in input order, a Completion or the exception of
+        each call; ``on_done(i, result)`` is called as each finishes. FatalBackendError is raised."""
+        return _run_coroutine(self._abatch(list(batch), temperature, max_tokens, on_done))
+
+    def cost_usd(self, prompt_tokens: int, completion_tokens: int) -> float:
+        cost = 0.0
+        if self.price_per_1k_prompt:
+            cost += prompt_tokens / 1000.0 * self.price_per_1k_prompt
+        if self.price_per_1k_completion:
+            cost += completion_tokens / 1000.0 * self.price_per_1k_completion
+        return cost
+
+
+def _run_coroutine(coro):
+    """asyncio.run, also from code already inside a running loop (e.g. a notebook): then the
+    coroutine runs on its own loop in a worker thread."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(coro)
+    with concurrent.futures.ThreadPoolExecutor(max_workers=1) as ex:
+        return ex.submit(asyncio.run, coro).result()
+
+
+# --------------------------------------------------------------------------------------------
+# Judge: cache + batch + parse policy + counters
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class JudgeResult:
+    """Outcome for one input. ``ok`` is False whenever no usable parsed answer exists; then
+    ``error`` says why (transport failure or parse failure) -- such rows must not be scored."""
+
+    text: str | None
+    parsed: Any
+    ok: bool
+    error: str | None
+    cached: bool
+    attempts: int
+
+
+@dataclass
+class JudgeStats:
+    """Counters over the judge's lifetime.
+
+    calls: backend calls made (cache misses); cache_hits: answers read from the cache;
+    retries: extra HTTP requests made by transport retries; parse_retries: re-asks because a reply
+    did not parse; parse_failures: inputs finally recorded ok=False for an unparsable reply;
+    transport_failures: calls that failed after all retries; tokens and cost count fresh calls only.
+    """
+
+    calls: int = 0
+    cache_hits: int = 0
+    retries: int = 0
+    parse_retries: int = 0
+    parse_failures: int = 0
+    transport_failures: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cost_usd: float = 0.0
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def cache_key(backend_name: str, messages: list[dict], temperature: float, max_tokens: int, attempt: int) -> str:
+    """sha256 of the canonical JSON of everything that determines a judge reply."""
+    payload = {"backend": backend_name, "messages": messages, "temperature": float(temperature),
+               "max_tokens": int(max_tokens), "attempt": int(attempt)}
+    canon = json.dumps(payload, sort_keys=True, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+    return hashlib.sha256(canon.encode("utf-8")).hexdigest()
+
+
+class Judge:
+    """A backend plus an on-disk cache (``cache_dir/ab/abcdef….json``, one file per request).
+
+    Only successful backend replies are cached, so failed calls are retried on the next run,
+    while a rerun over the same inputs makes zero backend calls.
+    """
+
+    def __init__(self, backend: Backend, cache_dir: str | os.PathLike, *, progress: bool = True):
+        if not isinstance(getattr(backend, "name", None), str) or not backend.name:
+            raise TypeError("a judge backend needs a non-empty string attribute 'name'")
+        if not callable(getattr(backend, "complete", None)):
+            raise TypeError("a judge backend needs a complete(messages, *, temperature, max_tokens) method")
+        self.backend = backend
+        self.cache_dir = Path(cache_dir)
+        self.cache_dir.mkdir(parents=True, exist_ok=True)
+        self.progress = progress
+        self.stats = JudgeStats()
+        self._lock = threading.Lock()
+
+    def __repr__(self) -> str:
+        return f"Judge(backend={self.backend.name!r}, cache_dir={str(self.cache_dir)!r})"
+
+    @property
+    def endpoint(self) -> str:
+        return getattr(self.backend, "endpoint", self.backend.name)
+
+    # -- cache --------------------------------------------------------------------------------
+
+    def _path(self, key: str) -> Path:
+        return self.cache_dir / key[:2] / f"{key}.json"
+
+    def _cache_get(self, key: str) -> dict | None:
+        path = self._path(key)
+        try:
+            entry = json.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError) as e:
+            log.warning("judge cache: ignoring unreadable entry %s (%s)", path, e)
+            return None
+        if not isinstance(entry, dict) or entry.get("key") != key or not isinstance(entry.get("text"), str):
+            log.warning("judge cache: ignoring malformed entry %s", path)
+            return None
+        return entry
+
+    def _cache_put(self, key: str, messages, temperature, max_tokens, attempt, comp: Completion) -> None:
+        write_json(self._path(key), {
+            "key": key,
+            "backend": self.backend.name,
+            "request": {"messages": messages, "temperature": float(temperature),
+                        "max_tokens": int(max_tokens), "attempt": int(attempt)},
+            "text": comp.text,
+            "usage": {"prompt_tokens": comp.prompt_tokens, "completion_tokens": comp.completion_tokens},
+            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        })
+
+    # -- accounting ---------------------------------------------------------------------------
+
+    def _account(self, res: Completion | Exception) -> None:
+        with self._lock:
+            self.stats.calls += 1
+            if isinstance(res, Completion):
+                self.stats.retries += max(0, res.attempts - 1)
+                self.stats.prompt_tokens += res.prompt_tokens
+                self.stats.completion_tokens += res.completion_tokens
+                cost = getattr(self.backend, "cost_usd", None)
+                if callable(cost):
+                    self.stats.cost_usd += float(cost(res.prompt_tokens, res.completion_tokens))
+            else:
+                self.stats.transport_failures += 1
+                self.stats.retries += max(0, getattr(res, "attempts", 1) - 1)
+
+    # -- calls --------------------------------------------------------------------------------
+
+    def complete(self, messages: list[dict], *, parse=None, parse_retries: int = 0,
+                 temperature: float = 0.0, max_tokens: int = 1024) -> JudgeResult:
+        """One input; same policy as :meth:`complete_many`."""
+        return self.complete_many([messages], parse=parse, parse_retries=parse_retries,
+                                  temperature=temperature, max_tokens=max_tokens, desc=None)[0]
+
+    def complete_many(self, list_of_messages: Sequence[list[dict]], *, parse: Callable[[str], Any] | None = None,
+                      parse_retries: int = 0, temperature: float = 0.0, max_tokens: int = 1024,
+                      desc: str | None = "judge") -> list[JudgeResult]:
+        """Answer every message list; results come back in input order.
+
+        If ``parse`` is given, it turns a reply text into the parsed value; raising ValueError or
+        returning None marks the reply unparsable, and the same request is asked again (attempt
+        index 1, 2, … in the cache key, so re-asks are new calls but reruns are free) up to
+        ``parse_retries`` times, after which the input is recorded ok=False with the error.
+        Transport failures are recorded ok=False and counted, not raised -- unless no input of
+        the batch got an answer at all, which raises :class:`AllCallsFailedError`.
+        """
+        from tqdm.auto import tqdm
+
+        if parse_retries < 0:
+            raise ValueError("parse_retries must be >= 0")
+        inputs = [list(m) for m in list_of_messages]
+        for idx, m in enumerate(inputs):
+            if not m or not all(isinstance(x, dict) and "role" in x and "content" in x for x in m):
+                raise ValueError(f"input {idx}: expected a non-empty list of {{'role', 'content'}} messages")
+        n = len(inputs)
+        results: list[JudgeResult | None] = [None] * n
+        pending = list(range(n))
+        fresh_calls = fresh_failures = answered = 0
+        batch_capable = callable(getattr(self.backend, "complete_batch", None))
+        bar = tqdm(total=n, desc=desc or "judge", disable=not (self.progress and desc), leave=False)
+        try:
+            for attempt in range(parse_retries + 1):
+                if not pending:
+                    break
+                if attempt:
+                    bar.total += len(pending)
+                    bar.refresh()
+                keys = {i: cache_key(self.backend.name, inputs[i], temperature, max_tokens, attempt) for i in pending}
+                replies: dict[int, tuple[str | None, str | None, bool]] = {}  # i -> (text, error, cached)
+                misses = []
+                for i in pending:
+                    entry = self._cache_get(keys[i])
+                    if entry is None:
+                        misses.append(i)
+                    else:
+                        self.stats.cache_hits += 1
+                        replies[i] = (entry["text"], None, True)
+                        bar.update(1)
+
+                def done(j: int, res, attempt=attempt, misses=misses, keys=keys):
+                    i = misses[j]
+                    self._account(res)
+                    if isinstance(res, Completion):
+                        self._cache_put(keys[i], inputs[i], temperature, max_tokens, attempt, res)
+                        replies[i] = (res.text, None, False)
+                    else:
+                        replies[i] = (None, f"{type(res).__name__}: {res}", False)
+                    bar.update(1)
+
+                if misses:
+                    if batch_capable:
+                        self.backend.complete_batch([inputs[i] for i in misses], temperature=temperature,
+                                                    max_tokens=max_tokens, on_done=done)
+                    else:
+                        for j, i in enumerate(misses):
+                            try:
+                                res = self.backend.complete(inputs[i], temperature=temperature, max_tokens=max_tokens)
+                                if not isinstance(res, Completion) or not isinstance(res.text, str):
+                                    raise TransportError(f"backend {self.backend.name} returned "
+                                                         f"{type(res).__name__}, not a Completion")
+                            except FatalBackendError:
+                                raise
+                            except Exception as e:  # recorded per input, never silently scored
+                                res = e
+                            done(j, res)
+                    fresh_calls += len(misses)
+                    fresh_failures += sum(1 for i in misses if replies[i][0] is None)
+
+                next_pending = []
+                for i in pending:
+                    text, error, cached = replies[i]
+                    if text is None:
+                        results[i] = JudgeResult(None, None, False, error, False, attempt + 1)
+                        continue
+                    answered += 1
+                    if parse is None:
+                        results[i] = JudgeResult(text, None, True, None, cached, attempt + 1)
+                        continue
+                    try:
+                        parsed = parse(text)
+                        if parsed is None:
+                            raise ValueError("parser returned None")
+                    except ValueError as e:
+                        if attempt < parse_retries:
+                            self.stats.parse_retries += 1
+                            next_pending.append(i)
+                        else:
+                            self.stats.parse_failures += 1
+                            results[i] = JudgeResult(text, None, False,
+                                                     f"unparsable reply after {attempt + 1} attempt(s): {e}",
+                                                     cached, attempt + 1)
+                        continue
+                    results[i] = JudgeResult(text, parsed, True, None, cached, attempt + 1)
+                pending = next_pending
+        finally:
+            bar.close()
+        if fresh_calls and fresh_failures == fresh_calls and answered == 0:
+            first = next(r.error for r in results if r is not None and r.error)
+            raise AllCallsFailedError(
+                f"all {fresh_calls} call(s) to judge {self.endpoint} failed; first error: {first}")
+        if self.stats.transport_failures or self.stats.parse_failures:
+            log.info("judge %s: %s", self.backend.name, self.stats.as_dict())
+        assert all(r is not None for r in results), "judge: an input was left without a result"
+        return results  # type: ignore[return-value]
+
+
+# --------------------------------------------------------------------------------------------
+# Factory
+# --------------------------------------------------------------------------------------------
+
+_FACTORIES: dict[str, Callable[..., Backend]] = {}
+OPENAI_KINDS = ("openai", "openai-compatible", "openai_compatible")
+
+
+def register_backend(kind: str, factory: Callable[..., Backend]) -> None:
+    """Register a backend factory (e.g. the offline stand-in judge) under ``kind``.
+    ``factory(**options)`` receives judge_from_config's keyword options (model, base_url, …)."""
+    if kind in OPENAI_KINDS:
+        raise ValueError(f"kind {kind!r} is reserved for the OpenAI-compatible backend")
+    _FACTORIES[kind] = factory
+
+
+def judge_from_config(
+    kind: "str | Backend",
+    *,
+    base_url: str | None = None,
+    model: str | None = None,
+    api_key_env: str = "OPENAI_API_KEY",
+    cache_dir: str | os.PathLike,
+    backend: Backend | None = None,
+    timeout: float = 60.0,
+    max_retries: int = 6,
+    backoff_base: float = 1.0,
+    backoff_max: float = 60.0,
+    concurrency: int = 8,
+    price_per_1k_prompt: float | None = None,
+    price_per_1k_completion: float | None = None,
+    progress: bool = True,
+    **options: Any,
+) -> Judge:
+    """Build a :class:`Judge`.
+
+    ``kind``: "openai" (any OpenAI-compatible endpoint; ``base_url`` defaults to
+    https://api.openai.com/v1, ``model`` is required), a kind registered with
+    :func:`register_backend`, or a ready backend object (also accepted as ``backend=``).
+    """
+    if not isinstance(kind, str):
+        backend, kind = kind, "object"
+    if backend is not None:
+        return Judge(backend, cache_dir, progress=progress)
+    if kind in OPENAI_KINDS:
+        if not model:
+            raise ValueError("judge kind 'openai' needs a model name (e.g. gpt-4-0613)")
+        b = OpenAIChatBackend(base_url or "https://api.openai.com/v1", model, api_key_env=api_key_env,
+                              timeout=timeout, max_retries=max_retries, backoff_base=backoff_base,
+                              backoff_max=backoff_max, concurrency=concurrency,
+                              price_per_1k_prompt=price_per_1k_prompt,
+                              price_per_1k_completion=price_per_1k_completion,
+                              extra_body=options.pop("extra_body", None))
+        if options:
+            raise TypeError(f"unknown option(s) for the openai judge: {sorted(options)}")
+        return Judge(b, cache_dir, progress=progress)
+    if kind in _FACTORIES:
+        kw = dict(options)
+        if model is not None:
+            kw["model"] = model
+        if base_url is not None:
+            kw["base_url"] = base_url
+        return Judge(_FACTORIES[kind](**kw), cache_dir, progress=progress)
+    known = sorted(set(OPENAI_KINDS[:1]) | set(_FACTORIES))
+    raise ValueError(f"unknown judge kind {kind!r}; known kinds: {known} (or pass a backend object)")
