@@ -14,3 +14,32 @@ def reference_data() -> Path:
     if not REFERENCE.is_dir():
         pytest.skip(f"reference data not found at {REFERENCE} (expected ../shared/reference-data beside the repo)")
     return REFERENCE
+
+
+@pytest.fixture(scope="session")
+def tiny_base(tmp_path_factory) -> Path:
+    """A tokenizer trained on toy-world text and a tiny random-init MistralForCausalLM, saved."""
+    from zephyr_lib import modeling
+    from zephyr_lib.config import BaseConfig
+    from zephyr_lib.toyworld import World
+
+    out = tmp_path_factory.mktemp("tiny_base") / "model"
+    docs = World().pretraining_docs(1500, seed=0)
+    tok = modeling.train_tokenizer(docs, 400, out)
+    cfg = BaseConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                     num_key_value_heads=2, max_position_embeddings=256)
+    modeling.build_model(tok, cfg).save_pretrained(out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_chat_data(tmp_path_factory) -> Path:
+    """A small ultrachat_200k-schema DatasetDict written by the toy teacher."""
+    from zephyr_lib import curate
+    from zephyr_lib.toyworld import World, make_agent, write_dialogues
+
+    w = World()
+    tasks = w.tasks(240, seed=0, followups=0, categories=("math", "humanities", "stem"))
+    dialogues = write_dialogues(w, make_agent(w, "teacher_strong"), tasks)
+    dsd = curate.split_dataset([curate.to_ultrachat_200k_row(d) for d in dialogues], test_frac=0.1, seed=0)
+    return curate.save_dataset(dsd, tmp_path_factory.mktemp("chat") / "beta")

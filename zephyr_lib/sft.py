@@ -68,7 +68,7 @@ def load_sft_data(path: Path, max_train_samples: int = 0):
     return train, dsd["test_sft"].select_columns(["messages"])
 
 
-def train(cfg: SFTConfig, init: Path, data: Path, out: Path) -> dict:
+def train(cfg: SFTConfig, init: Path, data: Path, out: Path, callbacks: list | None = None) -> dict:
     """Fine-tune the model at `init` on `data`; save to out/model. Returns the trainer's log."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl import SFTTrainer
@@ -80,7 +80,7 @@ def train(cfg: SFTConfig, init: Path, data: Path, out: Path) -> dict:
     model = AutoModelForCausalLM.from_pretrained(init, dtype="auto")
     train_ds, test_ds = load_sft_data(data, cfg.max_train_samples)
     trainer = SFTTrainer(model=model, args=trl_args(cfg, out / "checkpoints"), train_dataset=train_ds,
-                         eval_dataset=test_ds, processing_class=tok)
+                         eval_dataset=test_ds, processing_class=tok, callbacks=callbacks)
     trainer.train(resume_from_checkpoint=last_checkpoint(out / "checkpoints"))
     final = trainer.evaluate()
     trainer.save_model(str(out / "model"))
