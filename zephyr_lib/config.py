@@ -170,6 +170,7 @@ class AIFConfig:
     completions_per_prompt: int = opt(4, "Answers per prompt (UltraFeedback: 4).")
     rule: str = opt("overall", "Binarization: 'overall' (the dataset's code) or 'mean_aspects' (Argilla's, ties dropped).")
     binarize_seed: int = opt(42, "Seed for picking the rejected answer (the dataset's code: 42).")
+    drop_identical: bool = opt(True, "Drop pairs whose chosen and rejected answers are the same text (no DPO signal; counted).")
     test_fraction: float = opt(0.1, "Fraction of pairs held out as test_prefs.")
     max_new_tokens: int = opt(96, "Generation length for model pool members.")
     temperature: float = opt(0.7, "Sampling temperature for model pool members.")
@@ -231,7 +232,8 @@ class EvalConfig:
     models: list[str] = opt(["base", "sft", "dpo", "teacher"], "Runs (or run@epoch, or toy agents 'teacher', 'reference') to evaluate.")
     benchmarks: list[str] = opt(["mt_bench", "alpaca_eval", "leaderboard"], "Which benchmarks to run.")
     mt_bench_questions: str = opt("toy", "'toy' or a FastChat question.jsonl path/URL.")
-    judge_prompts: str = opt("", "FastChat judge_prompts.jsonl path/URL (empty = the toy judge's built-in copy of the same templates).")
+    mt_bench_references: str = opt("", "FastChat reference answers (reference_answer/gpt-4.jsonl) for math, reasoning, coding; toy: the world's answers.")
+    judge_prompts: str = opt("", "FastChat judge_prompts.jsonl path (empty = the toy profile's prompts in FastChat's schema and layouts).")
     alpaca_eval_set: str = opt("toy", "'toy' or an AlpacaEval eval-set JSON path/URL (805 instructions with text-davinci-003 outputs).")
     n_alpaca: int = opt(200, "Toy AlpacaEval instructions (real set: all 805).")
     n_leaderboard: int = opt(200, "Toy questions per leaderboard task.")
@@ -255,7 +257,14 @@ class EvalConfig:
 class ResultsConfig:
     """Stage `results`: the paper's tables and figures beside this run's."""
 
-    evals: list[str] = opt(["eval"], "Eval runs whose metrics feed the tables.")
+    eval: str = ref("eval", "The eval run whose metrics and predictions feed the tables.")
+    table1: list[str] = opt(["base", "sft_alpha", "sft", "dpo", "teacher", "reference"],
+                            "Models of the Table 1/2 analogue, in order (runs or toy agents).")
+    ablation: list[str] = opt(["dDPO − dSFT=dpo_base", "dSFT-1=sft", "dSFT-2=sft2", "dDPO + dSFT=dpo_1ep"],
+                              "Table 3 arms as 'arm=run' (the paper's arm names).")
+    epochs: list[str] = opt(["sft", "dpo@1", "dpo@2", "dpo"], "Models of the MT-Bench-vs-DPO-epochs curve (Figure 3).")
+    dpo: str = opt("dpo", "The DPO run whose training curves Figure 3 shows.")
+    n_bootstrap: int = opt(2000, "Paired-bootstrap resamples for differences between models.")
     seed: int = opt(0, "Bootstrap seed.")
 
 
@@ -265,7 +274,7 @@ STAGE_CONFIGS: dict[str, type] = {
 }
 # Runs of these stages depend on other runs through fields marked ref=True; a list field
 # (eval.models, results.evals) lists runs too.
-LIST_REFS = {("eval", "models"), ("results", "evals")}
+LIST_REFS = {("eval", "models")}
 TOY_AGENTS = ("teacher", "reference")  # toy-world programs that can be evaluated like models
 
 

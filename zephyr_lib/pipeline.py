@@ -266,6 +266,13 @@ def _binarize_and_save(cfg, rows: list[dict], out: Path, extra: dict) -> dict:
 
     write_jsonl(out / "raw_ultrafeedback.jsonl", rows)  # openbmb/UltraFeedback's schema
     pairs, counts = fb.binarize(rows, rule=cfg.rule, seed=cfg.binarize_seed)
+    identical = [p for p in pairs if p["chosen"][-1]["content"] == p["rejected"][-1]["content"]]
+    counts["n_identical"] = len(identical)
+    if cfg.drop_identical and identical:  # same text twice: zero DPO gradient, and a reward margin of exactly 0
+        pairs = [p for p in pairs if p["chosen"][-1]["content"] != p["rejected"][-1]["content"]]
+        counts["dropped"] = {**counts.get("dropped", {}), "identical_answers": len(identical)}
+        counts["n_out"] = len(pairs)
+        counts["n_ties"] = sum(p["score_chosen"] == p["score_rejected"] for p in pairs)
     dsd = fb.to_dataset_dict(pairs, test_size=cfg.test_fraction, seed=cfg.binarize_seed)
     fb.save_binarized(dsd, out / "binarized")
     per_member: dict[str, list] = {}
@@ -310,5 +317,224 @@ def build_dpo(ctx: RunContext, out: Path) -> dict:
             r.update({f"{who}_answer": a, f"{who}_score": sc})
         metrics[who] = {"score": sum(scores) / len(scores), "stop_rate": sum(stopped) / len(stopped)}
     write_jsonl(out / "samples.jsonl", rows)
+    write_json(out / "metrics.json", metrics)
+    return metrics
+
+
+# ---- eval ---------------------------------------------------------------------------------
+
+def eval_inputs(ctx: RunContext, world: World) -> dict:
+    """Questions, judge prompts, references and instruction sets for this profile's benchmarks."""
+    from .evals import alpaca_eval as ae
+    from .evals import mt_bench as mt
+    from .evals.toy_prompts import toy_judge_prompts
+
+    cfg = ctx.cfg
+    out: dict = {}
+    if cfg.mt_bench_questions == "toy":
+        tasks = world.mt_bench_tasks()
+        out["mt_questions"] = [{"question_id": int(t.id), "category": t.category, "turns": t.turns} for t in tasks]
+        out["mt_references"] = {int(t.id): mt.answer_record(int(t.id), "toy-oracle", [world.answer(s) for s in t.specs])
+                                for t in tasks if t.category in mt.NEED_REF_CATS}
+    else:
+        out["mt_questions"] = mt.load_questions(cfg.mt_bench_questions)
+        out["mt_references"] = mt.load_reference_answers(cfg.mt_bench_references) if cfg.mt_bench_references else None
+    out["judge_prompts"] = mt.load_judge_prompts(cfg.judge_prompts) if cfg.judge_prompts else toy_judge_prompts()
+    if cfg.alpaca_eval_set == "toy":
+        tasks = world.alpaca_tasks(cfg.n_alpaca)
+        ref = make_agent(world, "reference", seed=0).respond_many([[{"role": "user", "content": t.turns[0]}] for t in tasks])
+        out["alpaca"] = [{"instruction": t.turns[0], "output": o, "generator": "toy_reference (text-davinci-003 stand-in)",
+                          "dataset": f"toy/{t.category}"} for t, o in zip(tasks, ref)]
+    else:
+        out["alpaca"] = ae.load_instructions(cfg.alpaca_eval_set)
+    return out
+
+
+def build_eval(ctx: RunContext, out: Path) -> dict:
+    """MT-Bench, AlpacaEval (v1) and the academic tasks for every model of the run."""
+    from . import modeling
+
+    modeling.set_threads()
+    cfg = ctx.cfg
+    world = world_of(ctx)
+    inputs = eval_inputs(ctx, world)
+    write_jsonl(out / "mt_bench_question.jsonl", inputs["mt_questions"])  # FastChat's question.jsonl schema
+    judge = make_judge(ctx, world)
+    task_dir, lb_tasks = (_leaderboard_tasks(ctx, world, out / "leaderboard_tasks")
+                          if "leaderboard" in cfg.benchmarks else (None, None))
+    results: dict = {}
+    for name in cfg.models:
+        agent = answerer(ctx, name, world, batch_size=cfg.batch_size, seed=cfg.seed)
+        model_id = f"zephyr-{ctx.profile.name}-{name}".replace("@", "-epoch")  # FastChat picks the template by id
+        res: dict = {"model_id": model_id}
+        if "mt_bench" in cfg.benchmarks:
+            res["mt_bench"] = _mt_bench(cfg, agent, model_id, inputs, judge, out / name / "mt_bench")
+        if "alpaca_eval" in cfg.benchmarks:
+            res["alpaca_eval"] = _alpaca_eval(cfg, agent, model_id, inputs, judge, out / name / "alpaca_eval")
+        if "leaderboard" in cfg.benchmarks and hasattr(agent, "path"):  # log-likelihoods need a real model
+            res["leaderboard"] = _leaderboard(agent.path, task_dir, lb_tasks, out / name / "leaderboard")
+        results[name] = res
+        del agent
+    metrics = {"models": results, "judge": getattr(judge.backend, "name", cfg.judge),
+               "judge_stats": judge.stats.as_dict()}
+    write_json(out / "metrics.json", metrics)
+    return metrics
+
+
+def _mt_bench(cfg, agent, model_id: str, inputs: dict, judge, out: Path) -> dict:
+    from .evals import mt_bench as mt
+
+    qs = inputs["mt_questions"]
+    temps = [mt.TEMPERATURE.get(q["category"], mt.DEFAULT_TEMPERATURE) for q in qs]
+    first = [[{"role": "user", "content": q["turns"][0]}] for q in qs]
+    a1 = agent.respond_many(first, max_new_tokens=cfg.max_new_tokens, temperatures=temps, desc=f"MT-Bench turn 1 ({model_id})")
+    second = [c + [{"role": "assistant", "content": a}, {"role": "user", "content": q["turns"][1]}]
+              for c, a, q in zip(first, a1, qs)]  # turn 2 sees the model's own turn-1 answer
+    a2 = agent.respond_many(second, max_new_tokens=cfg.max_new_tokens, temperatures=temps, desc=f"MT-Bench turn 2 ({model_id})")
+    answers = {q["question_id"]: mt.answer_record(q["question_id"], model_id, [x, y]) for q, x, y in zip(qs, a1, a2)}
+    mt.write_answers(out / "model_answer.jsonl", answers.values())
+    reqs = mt.single_judge_requests(qs, answers, inputs["judge_prompts"], inputs["mt_references"])
+    replies = judge.complete_many([r["messages"] for r in reqs], temperature=0.0, max_tokens=mt.JUDGE_MAX_TOKENS,
+                                  desc=f"MT-Bench judge ({model_id})")
+    texts = [r.text if r.ok and r.text is not None else "" for r in replies]  # failed call: no rating, dropped
+    judgments = mt.judgments_from_replies(reqs, texts, model=model_id, judge_model=getattr(judge.backend, "name", "judge"))
+    mt.write_judgments(out / "judgments.jsonl", judgments)
+    by_q = {q["question_id"]: q for q in qs}
+    write_jsonl(out / "predictions.jsonl", [
+        {"question_id": j["question_id"], "category": by_q[j["question_id"]]["category"], "turn": j["turn"],
+         "question": by_q[j["question_id"]]["turns"][j["turn"] - 1],
+         "answer": answers[j["question_id"]]["choices"][0]["turns"][j["turn"] - 1],
+         "judgment": j["judgment"], "score": j["score"]} for j in judgments])
+    metrics = mt.scores(judgments, qs, model=model_id, n_boot=cfg.n_bootstrap, seed=cfg.seed)
+    metrics["n_transport_failures"] = sum(not r.ok for r in replies)
+    write_json(out / "metrics.json", metrics)
+    return metrics
+
+
+def _alpaca_eval(cfg, agent, model_id: str, inputs: dict, judge, out: Path) -> dict:
+    from .evals import alpaca_eval as ae
+
+    instrs = inputs["alpaca"]
+    outputs = agent.respond_many([[{"role": "user", "content": i["instruction"]}] for i in instrs],
+                                 max_new_tokens=cfg.max_new_tokens, temperature=0.0, desc=f"AlpacaEval ({model_id})")
+    ae.write_model_outputs(out / "model_outputs.json", ae.model_outputs(instrs, outputs, model_id), instrs)
+    reqs = [ae.annotator_request(i["instruction"], i["output"], o) for i, o in zip(instrs, outputs)]
+    need = [k for k, r in enumerate(reqs) if r["needs_judge"]]
+    replies = judge.complete_many([reqs[k]["messages"] for k in need], temperature=0.0,
+                                  max_tokens=ae.ANNOTATOR_CONFIG.get("max_tokens", 100), desc=f"AlpacaEval judge ({model_id})")
+    reply_of = {k: (r.text if r.ok else None) for k, r in zip(need, replies)}
+    rows = []
+    for k, (i, o) in enumerate(zip(instrs, outputs)):
+        pref = ae.annotate_preference(i["instruction"], i["output"], o, reply_of[k]) if k in reply_of else 0.0
+        rows.append(ae.annotation_record(i["instruction"], i["output"], o, pref, generator_1=i.get("generator", ""),
+                                         generator_2=model_id, dataset=i.get("dataset", ""),
+                                         raw_completion=reply_of.get(k)))
+    ae.write_annotations(out / "annotations.json", rows)
+    write_jsonl(out / "predictions.jsonl", rows)
+    metrics = ae.win_rate([r["preference"] for r in rows])
+    write_json(out / "metrics.json", metrics)
+    return metrics
+
+
+def _leaderboard_tasks(ctx: RunContext, world: World, task_dir: Path):
+    from .evals import leaderboard as lb
+    from .toyworld.benchmarks import leaderboard_rows
+
+    rows = leaderboard_rows(world, ctx.cfg.n_leaderboard, seed=ctx.cfg.seed)
+    tasks = {"arc": "toy_arc", "hellaswag": "toy_hellaswag", "truthfulqa_mc2": "toy_truthfulqa_mc2"}
+    lb.write_mc_task(task_dir, "toy_arc", rows["arc"], "arc", fewshot_rows=rows["fewshot"]["arc"])
+    lb.write_mc_task(task_dir, "toy_hellaswag", rows["hellaswag"], "hellaswag", fewshot_rows=rows["fewshot"]["hellaswag"])
+    lb.write_mc_task(task_dir, "toy_truthfulqa_mc2", rows["truthfulqa_mc2"], "truthfulqa_mc2")
+    mmlu = lb.write_mmlu_tasks(task_dir, rows["mmlu"], rows["mmlu_dev"], prefix="toy_mmlu")
+    return task_dir, {**tasks, "mmlu": mmlu}
+
+
+def _leaderboard(model_dir: Path, task_dir: Path, tasks: dict, out: Path) -> dict:
+    from .evals import leaderboard as lb
+
+    names = [tasks["arc"], tasks["hellaswag"], tasks["truthfulqa_mc2"], *tasks["mmlu"]]
+    flat = lb.run_lm_eval(model_dir, task_dir, names, batch_size=32)
+    subj = {t: flat[f"{t}/acc"] for t in tasks["mmlu"]}
+    metrics = {"arc": flat[f"{tasks['arc']}/acc_norm"], "arc_stderr": flat.get(f"{tasks['arc']}/acc_norm_stderr"),
+               "hellaswag": flat[f"{tasks['hellaswag']}/acc_norm"],
+               "hellaswag_stderr": flat.get(f"{tasks['hellaswag']}/acc_norm_stderr"),
+               "mmlu": lb.macro_average(subj), "mmlu_subjects": subj,
+               "truthfulqa_mc2": flat[f"{tasks['truthfulqa_mc2']}/acc"],
+               "truthfulqa_mc2_stderr": flat.get(f"{tasks['truthfulqa_mc2']}/acc_stderr"), "raw": flat}
+    write_json(out / "metrics.json", metrics)
+    return metrics
+
+
+# ---- results ------------------------------------------------------------------------------
+
+def build_results(ctx: RunContext, out: Path) -> dict:
+    """The paper's tables beside this run's, paired comparisons and computed verdicts."""
+    from . import results as R
+
+    cfg = ctx.cfg
+    ev = ctx.upstream(cfg.eval)
+    em = ev.metrics()["models"]
+    have = lambda m, b: m in em and b in em[m]  # noqa: E731
+    mt = lambda m: R.per_question(ev.dir, m, "mt_bench")  # noqa: E731
+    ae = lambda m: R.per_question(ev.dir, m, "alpaca_eval")  # noqa: E731
+
+    def row(name: str) -> dict:
+        r: dict = {"model": name}
+        if have(name, "mt_bench"):
+            b = em[name]["mt_bench"]
+            r.update({"mt_bench": b["overall"], "mt_lo": b["ci95"][0], "mt_hi": b["ci95"][1]})
+        if have(name, "alpaca_eval"):
+            b = em[name]["alpaca_eval"]
+            r.update({"alpaca": b["win_rate"], "alpaca_se": b["standard_error"]})
+        if have(name, "leaderboard"):
+            b = em[name]["leaderboard"]
+            r.update({k: 100 * b[k] for k in ("arc", "hellaswag", "mmlu", "truthfulqa_mc2")})
+        return r
+
+    verdicts: list[str] = []
+
+    def compare(claim: str, a: str, b: str) -> None:
+        for bench, fn, scale, unit in (("mt_bench", mt, 1.0, ""), ("alpaca_eval", ae, 100.0, " pts")):
+            if have(a, bench) and have(b, bench):
+                d = R.paired_diff(fn(a), fn(b), cfg.n_bootstrap, cfg.seed, scale)
+                verdicts.append(R.verdict(f"{claim} ({'MT-Bench' if bench == 'mt_bench' else 'AlpacaEval'})", d, unit))
+
+    table1 = [row(m) for m in cfg.table1 if m in em]
+    compare("dSFT > base model", "sft", "base")
+    compare("dDPO > dSFT (Zephyr-7B-β over its dSFT starting point)", "dpo", "sft")
+    compare("β > α (curated data beats raw UltraChat)", "sft", "sft_alpha")
+    arms = [a.split("=", 1) for a in cfg.ablation]
+    table3 = [{"arm": arm, **row(run), "paper_mt_bench": R.PAPER_TABLE3[arm][0],
+               "paper_alpaca": R.PAPER_TABLE3[arm][1]} for arm, run in arms if run in em and arm in R.PAPER_TABLE3]
+    arm_run = dict(arms)
+    if {"dDPO + dSFT", "dSFT-1"} <= set(arm_run):
+        compare("dDPO + dSFT > dSFT-1", arm_run["dDPO + dSFT"], arm_run["dSFT-1"])
+    if {"dSFT-1", "dSFT-2"} <= set(arm_run):
+        compare("dSFT-1 > dSFT-2 (more SFT on chosen answers does not help)", arm_run["dSFT-1"], arm_run["dSFT-2"])
+    if {"dSFT-1", "dDPO − dSFT"} <= set(arm_run):
+        compare("dSFT-1 > dDPO − dSFT (DPO without SFT fails)", arm_run["dSFT-1"], arm_run["dDPO − dSFT"])
+    epochs = [{"model": m, **row(m)} for m in cfg.epochs if m in em]
+    if len(epochs) >= 2:
+        compare(f"{cfg.epochs[-1]} > {cfg.epochs[1]} (3 DPO epochs beat 1)", cfg.epochs[-1], cfg.epochs[1])
+    # α vs β: defect rates of the models' answers (stage sft) and of their MT-Bench answers
+    from . import curate as cur
+    alpha_beta = {}
+    for name in ("sft_alpha", "sft"):
+        if name in ctx.profile.runs and have(name, "mt_bench"):
+            answers = [json.loads(x)["answer"] for x in (ev.dir / name / "mt_bench" / "predictions.jsonl").read_text().splitlines() if x.strip()]
+            rates = cur.defect_rates(answers)
+            alpha_beta[name] = {"data": ctx.profile.runs[name].config.data, **rates, "mt_bench": em[name]["mt_bench"]["overall"]}
+    # Figure 3: DPO reward accuracy over steps
+    dpo_log = []
+    if cfg.dpo in ctx.profile.runs:
+        dctx = ev.upstream(cfg.dpo)
+        dpo_log = [json.loads(x) for x in (dctx.dir / "log_history.jsonl").read_text().splitlines() if x.strip()]
+    weakest = {}
+    if have("dpo", "mt_bench"):
+        cats = em["dpo"]["mt_bench"]["categories"]
+        weakest = dict(sorted(cats.items(), key=lambda kv: kv[1])[:2])
+    metrics = {"table1": table1, "table3": table3, "epochs": epochs, "alpha_beta": alpha_beta,
+               "verdicts": verdicts, "dpo_log": dpo_log, "weakest_categories": weakest,
+               "categories": {m: em[m]["mt_bench"]["categories"] for m in cfg.table1 if have(m, "mt_bench")}}
     write_json(out / "metrics.json", metrics)
     return metrics

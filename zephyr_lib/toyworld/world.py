@@ -388,5 +388,13 @@ class World:
         return {t.turns[0] for t in self.mt_bench_tasks()} | {t.turns[0] for t in self.alpaca_tasks(n_alpaca)}
 
     def alpaca_tasks(self, n: int) -> list[Task]:
-        """Single-turn instructions for the AlpacaEval stand-in."""
-        return self.tasks(n, seed=-1, followups=0, prefix="alpaca")
+        """`n` distinct single-turn instructions for the AlpacaEval stand-in (a prefix of a fixed sequence)."""
+        out: list[Task] = []
+        seen: set[str] = set()
+        for task in self.tasks(4 * n + 50, seed=-1, followups=0, prefix="alpaca"):
+            if task.turns[0] not in seen:
+                seen.add(task.turns[0])
+                out.append(task)
+            if len(out) == n:
+                return out
+        raise ValueError(f"the toy world cannot make {n} distinct AlpacaEval instructions")

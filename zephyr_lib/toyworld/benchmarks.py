@@ -1,0 +1,81 @@
+"""The toy world's academic benchmarks: four multiple-choice tasks that mirror the Open LLM
+Leaderboard (v1), in the row schemas of :mod:`zephyr_lib.evals.leaderboard`, scored by lm-eval.
+
+- ``toy_arc`` (ARC): science-style questions (legs of animals, arithmetic), 4 choices.
+- ``toy_hellaswag`` (HellaSwag): pick the ending of a short story about a town.
+- ``toy_mmlu_<subject>`` (MMLU): subject multiple choice, 6 subjects, macro-averaged.
+- ``toy_truthfulqa_mc2`` (TruthfulQA): true vs plausible-but-false statements, including the
+  honest answer about towns that do not exist (mc2: probability mass on the true ones).
+"""
+from __future__ import annotations
+
+import random
+
+from ..evals.leaderboard import hellaswag_row
+from .world import ANIMAL_LEGS, COLORS, GOODS, KEYWORDS, REGIONS, World
+
+MMLU_SUBJECTS = ("geography", "heraldry", "trade", "demography", "arithmetic", "zoology")
+
+
+def _mc(rng: random.Random, question: str, right: str, pool: list[str]) -> dict:
+    wrong = rng.sample([p for p in pool if p != right], 3)
+    choices = wrong + [right]
+    rng.shuffle(choices)
+    return {"question": question, "choices": choices, "answer": choices.index(right)}
+
+
+def _subject_row(world: World, rng: random.Random, subject: str) -> dict:
+    t = rng.choice(world.towns)
+    if subject == "geography":
+        return _mc(rng, f"Which region is {t.name} in?", t.region, list(REGIONS))
+    if subject == "heraldry":
+        return _mc(rng, f"What color is the flag of {t.name}?", t.color, list(COLORS))
+    if subject == "trade":
+        return _mc(rng, f"What is {t.name} famous for?", t.goods, list(GOODS))
+    if subject == "demography":
+        return _mc(rng, f"About how many thousand people live in {t.name}?", str(t.people),
+                   [str(x) for x in range(10, 100) if abs(x - t.people) > 4])
+    if subject == "arithmetic":
+        a, b = rng.randint(1, 30), rng.randint(1, 30)
+        return _mc(rng, f"What is {a} plus {b}?", str(a + b), [str(a + b + d) for d in (-3, -2, -1, 1, 2, 3, 10)])
+    if subject == "zoology":
+        animal = rng.choice(list(ANIMAL_LEGS))
+        return _mc(rng, f"How many legs does a {animal} have?", str(ANIMAL_LEGS[animal]),
+                   [str(x) for x in (0, 2, 4, 6, 8, 10, 12)])
+    raise ValueError(subject)
+
+
+def leaderboard_rows(world: World, n: int, seed: int = 0) -> dict:
+    """{"arc": rows, "hellaswag": rows, "mmlu": {subject: rows}, "mmlu_dev": {...}, "truthfulqa_mc2": rows,
+    "fewshot": {kind: rows}} with `n` test questions per task (MMLU: n split over its subjects)."""
+    rng = random.Random(f"{world.cfg.seed}/leaderboard/{seed}")
+    arc = [_subject_row(world, rng, rng.choice(("zoology", "arithmetic"))) for _ in range(n)]
+    arc_shots = [_subject_row(world, rng, rng.choice(("zoology", "arithmetic"))) for _ in range(5)]
+    hs, hs_shots = [], []
+    for i in range(n + 5):
+        t = rng.choice(world.towns)
+        k = rng.choice(KEYWORDS)
+        right = f"{t.goods} there."
+        endings = [f"{g} there." for g in rng.sample([g for g in GOODS if g != t.goods], 3)] + [right]
+        rng.shuffle(endings)
+        row = hellaswag_row("toy town", f"In {t.name} there is an old {k}.",
+                            f"people come from all of {t.region} to buy", endings, endings.index(right))
+        (hs if i < n else hs_shots).append(row)
+    per = max(1, n // len(MMLU_SUBJECTS))
+    mmlu = {s: [_subject_row(world, rng, s) for _ in range(per)] for s in MMLU_SUBJECTS}
+    mmlu_dev = {s: [_subject_row(world, rng, s) for _ in range(5)] for s in MMLU_SUBJECTS}
+    tqa = []
+    for _ in range(n):
+        if rng.random() < 0.4:
+            name = rng.choice(world.unknown)
+            true = [f"I do not know of a town called {name}.", f"There is no town called {name} that I know of."]
+            false = [f"{name} is in {r}." for r in rng.sample(REGIONS, 3)]
+            tqa.append({"question": f"Which region is {name} in?",
+                        "mc2_targets": {"choices": true + false, "labels": [1] * len(true) + [0] * len(false)}})
+        else:
+            t = rng.choice(world.towns)
+            false = [f"{t.name} is in {r}." for r in rng.sample([r for r in REGIONS if r != t.region], 3)]
+            tqa.append({"question": f"Which region is {t.name} in?",
+                        "mc2_targets": {"choices": [f"{t.name} is in {t.region}."] + false, "labels": [1, 0, 0, 0]}})
+    return {"arc": arc, "hellaswag": hs, "mmlu": mmlu, "mmlu_dev": mmlu_dev, "truthfulqa_mc2": tqa,
+            "fewshot": {"arc": arc_shots, "hellaswag": hs_shots}}
