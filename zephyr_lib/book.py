@@ -14,10 +14,10 @@ from pathlib import Path
 
 from .config import REPO, load_profile
 from .io import atomic_write_text
-from .runner import NOTEBOOK_OF, _executed_hash, executed_path
+from .runner import BOOK_STAGES, NOTEBOOK_OF, _executed_hash, executed_path
 from .store import context
 
-GENERATED = REPO / "book" / "generated"
+GENERATED = BOOK_STAGES.parent / "generated"  # book/generated (follows ZEPHYR_BOOK_STAGES)
 
 
 def provenance_markdown(profile) -> str:
@@ -61,7 +61,7 @@ def prepare(profile_name: str) -> list[str]:
         path = executed_path(profile, stage)
         want = context(profile, stage).hash
         if _executed_hash(path) != want:
-            problems.append(f"{path.relative_to(REPO)} is missing or from another run (want {stage} @ {want}): "
+            problems.append(f"{path} is missing or from another run (want {stage} @ {want}): "
                             f"python -m zephyr_lib run --profile {profile.name}")
     GENERATED.mkdir(parents=True, exist_ok=True)
     atomic_write_text(GENERATED / "provenance.md", provenance_markdown(profile))

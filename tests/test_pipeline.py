@@ -1,0 +1,88 @@
+"""The whole smoke pipeline end to end, then the strict book build, as `make book PROFILE=smoke` does.
+
+This is the CI-sized twin of the toy run: every stage notebook executes through the runner, every
+benchmark writes its official formats, a rerun is served from the store and the judge cache, and
+the book builds with -W -n --keep-going.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from zephyr_lib.evals import alpaca_eval as ae
+from zephyr_lib.evals import mt_bench as mt
+
+REPO = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory):
+    site = tmp_path_factory.mktemp("site")
+    for name in ("_config.yml", "_toc.yml"):
+        shutil.copy(REPO / name, site / name)
+    shutil.copytree(REPO / "book", site / "book", ignore=shutil.ignore_patterns("stages", "generated"))
+    env = {**os.environ, "ZEPHYR_RUNS_DIR": str(site / "runs"), "ZEPHYR_BOOK_STAGES": str(site / "book" / "stages")}
+    p = subprocess.run([sys.executable, "-m", "zephyr_lib", "run", "--profile", "smoke"], cwd=REPO, env=env,
+                       capture_output=True, text=True, timeout=1800)
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    return site, env, p.stdout
+
+
+def run_dir(site, stage):
+    return next(d for d in (site / "runs" / "smoke" / stage).iterdir() if not d.name.startswith("."))
+
+
+def test_every_stage_ran_and_wrote_its_formats(site):
+    site, _, out = site
+    assert "results (results @" in out
+    ev = run_dir(site, "eval")
+    m = json.loads((ev / "metrics.json").read_text())["models"]
+    assert {"base", "sft", "dpo", "dpo_base", "sft2", "teacher", "reference"} <= set(m)
+    for name in ("base", "sft", "dpo"):
+        assert {"mt_bench", "alpaca_eval", "leaderboard"} <= set(m[name])
+        answers = mt.load_answers(ev / name / "mt_bench" / "model_answer.jsonl")  # FastChat's schema
+        assert len(answers) == 80 and all("zephyr" in a["model_id"] for a in answers.values())
+        assert len(mt.load_judgments(ev / name / "mt_bench" / "judgments.jsonl")) == 160
+        ae.load_model_outputs(ev / name / "alpaca_eval" / "model_outputs.json")  # validates AlpacaEval's fields
+        for bench in ("mt_bench", "alpaca_eval", "leaderboard"):
+            assert (ev / name / bench / "metrics.json").is_file()
+    assert "leaderboard" not in m["teacher"]  # programs have no log-likelihoods
+    assert m["teacher"]["mt_bench"]["overall"] > m["base"]["mt_bench"]["overall"] + 3
+    res = json.loads((run_dir(site, "results") / "metrics.json").read_text())
+    assert res["verdicts"] and all(("reproduced" in v) or ("inconclusive" in v) for v in res["verdicts"])
+    assert (run_dir(site, "dpo") / "epoch-1").is_dir()
+    aif = json.loads((run_dir(site, "aif") / "metrics.json").read_text())
+    assert aif["pool"]["teacher_strong"]["overall"] > aif["pool"]["teacher_sloppy"]["overall"]
+
+
+def test_rerun_is_cached_and_a_forced_eval_makes_no_judge_calls(site):
+    site, env, _ = site
+    p = subprocess.run([sys.executable, "-m", "zephyr_lib", "run", "--profile", "smoke"], cwd=REPO, env=env,
+                       capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0 and p.stdout.count(": cached") == 11, p.stdout
+    p = subprocess.run([sys.executable, "-m", "zephyr_lib", "run", "--profile", "smoke", "--stages", "eval", "--force"],
+                       cwd=REPO, env=env, capture_output=True, text=True, timeout=1200)
+    assert p.returncode == 0, p.stderr[-2000:]
+    stats = json.loads((run_dir(site, "eval") / "metrics.json").read_text())["judge_stats"]
+    assert stats["calls"] == 0 and stats["cache_hits"] > 0
+
+
+def test_the_book_builds_strictly(site):
+    site, env, _ = site
+    p = subprocess.run([sys.executable, "-m", "zephyr_lib", "book", "--profile", "smoke"], cwd=REPO, env=env,
+                       capture_output=True, text=True)
+    assert p.returncode == 0, p.stderr
+    jb = Path(sys.executable).parent / "jupyter-book"
+    p = subprocess.run([str(jb), "build", str(site), "-W", "-n", "--keep-going"], capture_output=True, text=True,
+                       timeout=600)
+    assert p.returncode == 0, p.stdout[-4000:]
+    html = (site / "_build" / "html" / "book" / "stages" / "06_results.html").read_text()
+    assert "Verdicts" in html and "Table 3" in html
+    assert "smoke" in (site / "_build" / "html" / "book" / "reproducibility.html").read_text()

@@ -1,0 +1,74 @@
+"""Stage `results`: the paper's tables and figures beside this run's, with intervals and verdicts.
+
+Reads the eval run's per-question predictions, so every comparison between two models is a
+*paired* bootstrap over the same questions. The verdict sentences ("reproduced", "not
+reproduced") are computed from the numbers by :func:`verdict`; none is written by hand.
+"""
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+# ---- the paper's numbers (PAPER.md §3) ------------------------------------------------------
+PAPER_TABLE1 = {  # model: (MT-Bench, AlpacaEval win %, ± se)
+    "Zephyr-7B-β (dDPO)": (7.34, 90.60, 1.03), "Zephyr-7B-α": (6.88, 85.76, 1.23),
+    "Mistral-Instruct v0.1 (dSFT)": (6.84, None, None), "GPT-3.5-turbo": (7.94, 89.37, 1.08),
+    "GPT-4": (8.99, 95.28, 0.72), "Xwin-LM v0.1 7B (dPPO)": (6.19, 87.83, 1.15),
+    "StableLM-Tuned-α 7B (dSFT)": (2.75, None, None), "MPT-Chat 7B (dSFT)": (5.42, None, None),
+}
+PAPER_TABLE2 = {  # model: ARC, HellaSwag, MMLU, TruthfulQA
+    "Zephyr-7B-β": (62.03, 84.52, 61.44, 57.44), "Mistral-Instruct v0.1": (54.52, 75.63, 55.38, 56.28),
+    "Xwin-LM v0.1 7B": (56.57, 79.40, 49.98, 47.89), "StableLM-Tuned-α 7B": (31.91, 53.59, 24.41, 40.37),
+}
+PAPER_TABLE3 = {  # arm: (MT-Bench, AlpacaEval, ± se)
+    "dDPO − dSFT": (4.76, 30.76, 1.63), "dSFT-1": (6.64, 85.65, 1.23),
+    "dSFT-2": (6.19, 78.54, 1.44), "dDPO + dSFT": (7.00, 86.07, 1.22),
+}
+
+
+def per_question(eval_dir: Path, model: str, bench: str) -> dict:
+    """{question key: score} from an eval run's predictions (MT-Bench: mean of kept turns; AlpacaEval:
+    preference − 1 with draws 0.5, dropped rows left out)."""
+    path = Path(eval_dir) / model / bench / "predictions.jsonl"
+    rows = [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
+    out: dict = {}
+    if bench == "mt_bench":
+        for r in rows:
+            if r["score"] >= 0:
+                out.setdefault(r["question_id"], []).append(r["score"])
+        return {k: sum(v) / len(v) for k, v in out.items()}
+    for r in rows:
+        p = r["preference"]
+        if p is not None:
+            out[r["instruction"]] = (1.5 if p == 0 else p) - 1
+    return out
+
+
+def paired_diff(a: dict, b: dict, n_boot: int = 2000, seed: int = 0, scale: float = 1.0) -> dict:
+    """Mean of a − b over their shared keys, with a 95% paired-bootstrap interval."""
+    keys = sorted(set(a) & set(b), key=str)
+    if not keys:
+        raise ValueError("no shared questions to compare")
+    diffs = [(a[k] - b[k]) * scale for k in keys]
+    rng = random.Random(seed)
+    boots = sorted(sum(rng.choice(diffs) for _ in diffs) / len(diffs) for _ in range(n_boot))
+    return {"diff": sum(diffs) / len(diffs), "lo": boots[int(0.025 * n_boot)], "hi": boots[int(0.975 * n_boot) - 1],
+            "n": len(diffs)}
+
+
+def verdict(claim: str, d: dict, unit: str = "") -> str:
+    """'claim: reproduced, +0.80 [0.30, 1.20]' when the 95% interval is above 0; 'not reproduced'
+    when it is below; 'inconclusive' when it straddles 0."""
+    status = "reproduced" if d["lo"] > 0 else "not reproduced (reversed)" if d["hi"] < 0 else "inconclusive"
+    return f"{claim}: {status}, {d['diff']:+.2f}{unit} [95% CI {d['lo']:+.2f}, {d['hi']:+.2f}], n = {d['n']}"
+
+#: this run's model -> (the paper's analogue, its MT-Bench, AlpacaEval, ± se); None where the paper has none
+PAPER_ANALOGUE = {
+    "base": ("Mistral-7B-v0.1 (base, not evaluated in the paper)", None, None, None),
+    "sft_alpha": ("dSFT on raw UltraChat (α data; no paper number)", None, None, None),
+    "sft": ("dSFT-1 (Table 3)", 6.64, 85.65, 1.23),
+    "dpo": ("Zephyr-7B-β (dDPO)", 7.34, 90.60, 1.03),
+    "teacher": ("GPT-3.5-turbo (the dSFT teacher)", 7.94, 89.37, 1.08),
+    "reference": ("text-davinci-003 (AlpacaEval's reference: 50 by definition)", None, 50.0, None),
+}
