@@ -144,6 +144,13 @@ class SFTConfig:
     bf16: bool = opt(False, "bfloat16 training (GPUs; CPUs here have no fast bf16 path).")
     activation_checkpointing: bool = opt(False, "Activation (gradient) checkpointing: saves memory, costs 20-35% time.")
     accelerate_config: str = opt("", "accelerate config file for multi-process runs (e.g. configs/accelerate/zero3.yaml).")
+    use_peft: bool = opt(False, "Train LoRA adapters (peft) instead of all weights, for smaller GPUs; needs `pip install peft`.", hash_omit_default=True)
+    lora_r: int = opt(16, "LoRA rank (use_peft).", hash_omit_default=True)
+    lora_alpha: int = opt(32, "LoRA scaling alpha (use_peft).", hash_omit_default=True)
+    lora_dropout: float = opt(0.05, "LoRA dropout (use_peft).", hash_omit_default=True)
+    lora_target_modules: list[str] = opt(["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+                                         "Modules that get LoRA adapters (use_peft; Mistral's attention and MLP projections).", hash_omit_default=True)
+    load_in_4bit: bool = opt(False, "QLoRA: load the frozen base weights in 4-bit NF4 (use_peft, CUDA only); needs `pip install bitsandbytes`.", hash_omit_default=True)
     seed: int = opt(0, "Training seed.")
 
     def __post_init__(self) -> None:
@@ -212,6 +219,13 @@ class DPOConfig:
     bf16: bool = opt(False, "bfloat16 training.")
     activation_checkpointing: bool = opt(False, "Activation (gradient) checkpointing.")
     accelerate_config: str = opt("", "accelerate config file for multi-process runs.")
+    use_peft: bool = opt(False, "Train LoRA adapters (peft) instead of all weights, for smaller GPUs; needs `pip install peft`.", hash_omit_default=True)
+    lora_r: int = opt(16, "LoRA rank (use_peft).", hash_omit_default=True)
+    lora_alpha: int = opt(32, "LoRA scaling alpha (use_peft).", hash_omit_default=True)
+    lora_dropout: float = opt(0.05, "LoRA dropout (use_peft).", hash_omit_default=True)
+    lora_target_modules: list[str] = opt(["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+                                         "Modules that get LoRA adapters (use_peft; Mistral's attention and MLP projections).", hash_omit_default=True)
+    load_in_4bit: bool = opt(False, "QLoRA: load the frozen base weights in 4-bit NF4 (use_peft, CUDA only); needs `pip install bitsandbytes`.", hash_omit_default=True)
     seed: int = opt(0, "Training seed.")
 
     def __post_init__(self) -> None:
@@ -235,6 +249,7 @@ class EvalConfig:
     mt_bench_references: str = opt("", "FastChat reference answers (reference_answer/gpt-4.jsonl) for math, reasoning, coding; toy: the world's answers.")
     judge_prompts: str = opt("", "FastChat judge_prompts.jsonl path (empty = the toy profile's prompts in FastChat's schema and layouts).")
     alpaca_eval_set: str = opt("toy", "'toy' or an AlpacaEval eval-set JSON path/URL (805 instructions with text-davinci-003 outputs).")
+    leaderboard_tasks: str = opt("toy", "'toy' (the toy world's four tasks) or 'paper' (arc_challenge, hellaswag, mmlu, truthfulqa_mc2 with the leaderboard v1 settings).")
     n_alpaca: int = opt(200, "Toy AlpacaEval instructions (real set: all 805).")
     n_leaderboard: int = opt(200, "Toy questions per leaderboard task.")
     max_new_tokens: int = opt(128, "Generation length (FastChat: 1024).")
@@ -248,6 +263,7 @@ class EvalConfig:
 
     def __post_init__(self) -> None:
         _check_choice(self, "judge", ("toy", "openai"))
+        _check_choice(self, "leaderboard_tasks", ("toy", "paper"))
         for b in self.benchmarks:
             if b not in ("mt_bench", "alpaca_eval", "leaderboard"):
                 raise ConfigError(f"eval.benchmarks: unknown benchmark {b!r}")
@@ -442,12 +458,24 @@ def _hash(profile: Profile, name: str, memo: dict) -> str:
     run = profile.runs[name]
     payload = {
         "stage": run.stage,
-        "config": dataclasses.asdict(run.config),
+        "config": hashed_config(run.config),
         "world": dataclasses.asdict(profile.world),
         "upstream": {u: _hash(profile, u, memo) for u in run.upstream},
     }
     memo[name] = config_hash(payload)
     return memo[name]
+
+
+def hashed_config(cfg: Any) -> dict:
+    """The config as hashed: fields marked ``hash_omit_default`` (options added later, such as
+    LoRA) are left out while they hold their default, so adding them kept existing run hashes."""
+    out = dataclasses.asdict(cfg)
+    for f in dataclasses.fields(cfg):
+        if f.metadata.get("hash_omit_default"):
+            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+            if out[f.name] == default:
+                del out[f.name]
+    return out
 
 
 def config_hash(payload: Any) -> str:

@@ -38,6 +38,10 @@ Choices made here, on TRL 1.16 / transformers 5:
   epoch (Figure 3: MT-Bench vs DPO epochs); existing epoch folders are kept on resume, and one
   missed because the run was killed between the epoch's last checkpoint and the epoch end is
   written when training resumes at that boundary. The final model goes to ``out/model``.
+* **Several processes** (``zephyr_lib.launch``: DDP, ZeRO-3, FSDP): the in-memory preference data
+  is written once to ``out/prefs_cache`` so every rank finds TRL's cached reference log-probs
+  (:func:`shared_on_disk`; removed after training). ``use_peft`` trains LoRA adapters instead
+  (``sft.lora_setup``; the merged model still goes to ``out/model``).
 * **Logs.** TRL logs, for train (every ``logging_steps``) and eval (``eval_`` prefix, every
   ``eval_steps`` and once at the end): loss, rewards/chosen, rewards/rejected, rewards/margins,
   rewards/accuracies, logps/chosen, logps/rejected, logits/*, entropy, mean_token_accuracy.
@@ -60,6 +64,7 @@ from transformers import TrainerCallback
 from .config import DPOConfig
 from .io import DataError
 from .modeling import last_checkpoint
+from .sft import lora_setup, save_final
 
 ROLES = ("system", "user", "assistant")
 
@@ -292,6 +297,22 @@ def trl_args(cfg: DPOConfig, output_dir: str | Path, use_cpu: bool | None = None
     return TRLDPOConfig(**kwargs)
 
 
+def shared_on_disk(splits: dict, folder: Path, args) -> dict:
+    """In-memory datasets -> the same datasets saved under ``folder`` and loaded back, for
+    multi-process runs. TRL caches the precomputed reference log-probs next to a dataset's own
+    files; an in-memory dataset has none, so every process would use its own temporary folder and
+    the other ranks could not find the file the main process wrote. The main process writes (the
+    others wait), then every process loads the same files. Removed after training."""
+    import datasets
+
+    with args.main_process_first(local=False, desc="preference data on disk"):
+        if args.process_index == 0:
+            shutil.rmtree(folder, ignore_errors=True)
+            for name, ds in splits.items():
+                ds.save_to_disk(str(folder / name))
+        return {name: datasets.load_from_disk(str(folder / name)) for name in splits}
+
+
 def _whole_epoch(epoch: float | None) -> int | None:
     if epoch is None or epoch < 1:
         return None
@@ -355,17 +376,26 @@ def train(cfg: DPOConfig, init: Path | str, data: Path | str, out: Path, *, call
         raise ValueError(f"{init}: the tokenizer's pad token must exist and differ from eos "
                          "(pad = eos masks the eos label, so the model would never learn to stop)")
     prefs = load_prefs(data, tok, cfg.max_prompt_length)
-    model = AutoModelForCausalLM.from_pretrained(init, dtype="auto")
+    # The arguments first: under DeepSpeed ZeRO-3 they must exist before the model is loaded
+    # (zero3_init_flag: the weights are sharded while loading).
     args = trl_args(cfg, out / "checkpoints", **(trl_overrides or {}))
+    if args.world_size > 1:
+        prefs.update(shared_on_disk({"train": prefs["train"], "test": prefs["test"]}, out / "prefs_cache", args))
+    peft_config, model_kwargs = lora_setup(cfg)
+    model = AutoModelForCausalLM.from_pretrained(init, dtype="auto", **model_kwargs)
     saver = EpochSaver(out)
     trainer = DPOTrainer(model=model, ref_model=None, args=args, train_dataset=prefs["train"],
                          eval_dataset=prefs["test"], processing_class=tok,
-                         callbacks=([saver] if cfg.save_per_epoch else []) + list(callbacks))
+                         callbacks=([saver] if cfg.save_per_epoch else []) + list(callbacks),
+                         **({"peft_config": peft_config} if peft_config is not None else {}))
     saver.trainer = trainer
     trainer.train(resume_from_checkpoint=last_checkpoint(out / "checkpoints"))
     final = trainer.evaluate()
-    trainer.save_model(str(out / "model"))
-    tok.save_pretrained(out / "model")
+    save_final(trainer, cfg, tok, init, out)
+    if args.world_size > 1:
+        trainer.accelerator.wait_for_everyone()
+        if trainer.is_world_process_zero():
+            shutil.rmtree(out / "prefs_cache", ignore_errors=True)
     return {"log_history": trainer.state.log_history, "steps": trainer.state.global_step,
             "n_train": len(trainer.train_dataset), "n_test": len(trainer.eval_dataset),
             "global_batch_size": cfg.global_batch_size, "n_prompts_truncated": prefs["n_prompts_truncated"],

@@ -117,13 +117,13 @@ def _slim(report: dict) -> dict:
 # ---- sft ----------------------------------------------------------------------------------
 
 def build_sft(ctx: RunContext, out: Path) -> dict:
-    from . import modeling, sft
+    from . import launch, modeling
     from .generate import ModelAgent
 
     modeling.set_threads()
     cfg = ctx.cfg
     init, data = model_path(ctx, cfg.init), ctx.resolve(cfg.data)
-    res = sft.train(cfg, init, data, out)
+    res = launch.train_stage("sft", cfg, init, data, out)
     write_jsonl(out / "log_history.jsonl", res.pop("log_history"))
     # Held-out behaviour of the initial and the trained model on the same new prompts:
     # chat format, stopping at eos, the judge stand-in's score, and the α/β defect rates.
@@ -294,12 +294,12 @@ def _binarize_and_save(cfg, rows: list[dict], out: Path, extra: dict) -> dict:
 
 def build_dpo(ctx: RunContext, out: Path) -> dict:
     """dDPO through TRL's DPOTrainer: policy and frozen reference both start from `init`."""
-    from . import dpo, modeling
+    from . import launch, modeling
 
     modeling.set_threads()
     cfg = ctx.cfg
     init, data = model_path(ctx, cfg.init), ctx.resolve(cfg.data)
-    res = dpo.train(cfg, init, data, out)
+    res = launch.train_stage("dpo", cfg, init, data, out)
     write_jsonl(out / "log_history.jsonl", res.pop("log_history"))
     # Sample answers before and after DPO on held-out AIF-style prompts, graded by the judge stand-in's checker.
     world = world_of(ctx)
@@ -329,7 +329,11 @@ def eval_inputs(ctx: RunContext, world: World) -> dict:
     from .evals import mt_bench as mt
     from .evals.toy_prompts import toy_judge_prompts
 
+    from .io import fetch
+
     cfg = ctx.cfg
+    cache = ctx.root / ctx.profile.name / "downloads"
+    get = lambda src: fetch(src, cache)  # noqa: E731 - local path, or a public URL downloaded once
     out: dict = {}
     if cfg.mt_bench_questions == "toy":
         tasks = world.mt_bench_tasks()
@@ -337,16 +341,16 @@ def eval_inputs(ctx: RunContext, world: World) -> dict:
         out["mt_references"] = {int(t.id): mt.answer_record(int(t.id), "toy-oracle", [world.answer(s) for s in t.specs])
                                 for t in tasks if t.category in mt.NEED_REF_CATS}
     else:
-        out["mt_questions"] = mt.load_questions(cfg.mt_bench_questions)
-        out["mt_references"] = mt.load_reference_answers(cfg.mt_bench_references) if cfg.mt_bench_references else None
-    out["judge_prompts"] = mt.load_judge_prompts(cfg.judge_prompts) if cfg.judge_prompts else toy_judge_prompts()
+        out["mt_questions"] = mt.load_questions(get(cfg.mt_bench_questions))
+        out["mt_references"] = mt.load_reference_answers(get(cfg.mt_bench_references)) if cfg.mt_bench_references else None
+    out["judge_prompts"] = mt.load_judge_prompts(get(cfg.judge_prompts)) if cfg.judge_prompts else toy_judge_prompts()
     if cfg.alpaca_eval_set == "toy":
         tasks = world.alpaca_tasks(cfg.n_alpaca)
         ref = make_agent(world, "reference", seed=0).respond_many([[{"role": "user", "content": t.turns[0]}] for t in tasks])
         out["alpaca"] = [{"instruction": t.turns[0], "output": o, "generator": "toy_reference (text-davinci-003 stand-in)",
                           "dataset": f"toy/{t.category}"} for t, o in zip(tasks, ref)]
     else:
-        out["alpaca"] = ae.load_instructions(cfg.alpaca_eval_set)
+        out["alpaca"] = ae.load_instructions(get(cfg.alpaca_eval_set))
     return out
 
 
@@ -360,8 +364,8 @@ def build_eval(ctx: RunContext, out: Path) -> dict:
     inputs = eval_inputs(ctx, world)
     write_jsonl(out / "mt_bench_question.jsonl", inputs["mt_questions"])  # FastChat's question.jsonl schema
     judge = make_judge(ctx, world)
-    task_dir, lb_tasks = (_leaderboard_tasks(ctx, world, out / "leaderboard_tasks")
-                          if "leaderboard" in cfg.benchmarks else (None, None))
+    toy_lb = "leaderboard" in cfg.benchmarks and cfg.leaderboard_tasks == "toy"
+    task_dir, lb_tasks = _leaderboard_tasks(ctx, world, out / "leaderboard_tasks") if toy_lb else (None, None)
     results: dict = {}
     for name in cfg.models:
         agent = answerer(ctx, name, world, batch_size=cfg.batch_size, seed=cfg.seed)
@@ -372,7 +376,12 @@ def build_eval(ctx: RunContext, out: Path) -> dict:
         if "alpaca_eval" in cfg.benchmarks:
             res["alpaca_eval"] = _alpaca_eval(cfg, agent, model_id, inputs, judge, out / name / "alpaca_eval")
         if "leaderboard" in cfg.benchmarks and hasattr(agent, "path"):  # log-likelihoods need a real model
-            res["leaderboard"] = _leaderboard(agent.path, task_dir, lb_tasks, out / name / "leaderboard")
+            if toy_lb:
+                res["leaderboard"] = _leaderboard(agent.path, task_dir, lb_tasks, out / name / "leaderboard")
+            else:
+                from .evals.leaderboard import run_paper_leaderboard
+                res["leaderboard"] = run_paper_leaderboard(agent.path)
+                write_json(out / name / "leaderboard" / "metrics.json", res["leaderboard"])
         results[name] = res
         del agent
     metrics = {"models": results, "judge": getattr(judge.backend, "name", cfg.judge),

@@ -52,6 +52,64 @@ def trl_args(cfg: SFTConfig, output_dir: str | Path, use_cpu: bool | None = None
     )
 
 
+def lora_setup(cfg) -> tuple[object | None, dict]:
+    """``(peft_config, extra from_pretrained kwargs)`` for an SFT or DPO stage config.
+
+    ``use_peft=False``: ``(None, {})``, full fine-tuning. ``use_peft=True``: a ``peft.LoraConfig``
+    from the ``lora_*`` fields for TRL's ``peft_config``; with ``load_in_4bit`` (QLoRA) also a
+    bitsandbytes 4-bit NF4 ``quantization_config`` and a per-process ``device_map``. peft and
+    bitsandbytes are optional and imported only here: a missing one is a clear ImportError.
+    """
+    if not cfg.use_peft:
+        if cfg.load_in_4bit:
+            raise ValueError("load_in_4bit=True needs use_peft=True (4-bit weights cannot be trained directly: QLoRA)")
+        return None, {}
+    try:
+        import peft
+    except ImportError:
+        raise ImportError("use_peft=True needs the peft package: pip install peft") from None
+    lora = peft.LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
+                           target_modules=list(cfg.lora_target_modules), bias="none", task_type="CAUSAL_LM")
+    kwargs: dict = {}
+    if cfg.load_in_4bit:
+        import importlib.util
+
+        if importlib.util.find_spec("bitsandbytes") is None:
+            raise ImportError("load_in_4bit=True needs the bitsandbytes package: pip install bitsandbytes")
+        import torch
+        from accelerate import PartialState
+        from transformers import BitsAndBytesConfig
+
+        compute = torch.bfloat16 if cfg.bf16 else torch.float32
+        kwargs["quantization_config"] = BitsAndBytesConfig(
+            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=compute,
+            bnb_4bit_use_double_quant=False, bnb_4bit_quant_storage=compute)
+        kwargs["device_map"] = {"": PartialState().local_process_index}
+    return lora, kwargs
+
+
+def save_final(trainer, cfg, tok, init, out: Path) -> None:
+    """Write the trained model + tokenizer to ``out/model`` (main process writes the tokenizer).
+
+    With ``use_peft`` the adapter goes to ``out/adapter`` and ``out/model`` is the base model at
+    ``init`` with the adapter merged in (a plain model, as later stages expect)."""
+    if not cfg.use_peft:
+        trainer.save_model(str(out / "model"))  # every process: ZeRO-3 / FSDP gather the weights here
+        if trainer.is_world_process_zero():
+            tok.save_pretrained(out / "model")
+        return
+    trainer.save_model(str(out / "adapter"))
+    if trainer.is_world_process_zero():
+        import torch
+        from peft import PeftModel
+        from transformers import AutoModelForCausalLM
+
+        base = AutoModelForCausalLM.from_pretrained(init, dtype=torch.bfloat16 if cfg.bf16 else "auto")
+        PeftModel.from_pretrained(base, str(out / "adapter")).merge_and_unload().save_pretrained(out / "model")
+        tok.save_pretrained(out / "model")
+    trainer.accelerator.wait_for_everyone()
+
+
 def load_sft_data(path: Path, max_train_samples: int = 0):
     """train_sft / test_sft (``messages`` only) from a DatasetDict saved by curate or aif."""
     from datasets import load_from_disk
@@ -77,14 +135,18 @@ def train(cfg: SFTConfig, init: Path, data: Path, out: Path, callbacks: list | N
     if tok.pad_token is None or tok.pad_token_id == tok.eos_token_id:
         raise ValueError(f"{init}: the tokenizer's pad token must exist and differ from eos "
                          "(pad = eos masks the eos label, so the model would never learn to stop)")
-    model = AutoModelForCausalLM.from_pretrained(init, dtype="auto")
+    # The arguments first: under DeepSpeed ZeRO-3 they must exist before the model is loaded
+    # (zero3_init_flag: the weights are sharded while loading).
+    args = trl_args(cfg, out / "checkpoints")
+    peft_config, model_kwargs = lora_setup(cfg)
+    model = AutoModelForCausalLM.from_pretrained(init, dtype="auto", **model_kwargs)
     train_ds, test_ds = load_sft_data(data, cfg.max_train_samples)
-    trainer = SFTTrainer(model=model, args=trl_args(cfg, out / "checkpoints"), train_dataset=train_ds,
-                         eval_dataset=test_ds, processing_class=tok, callbacks=callbacks)
+    trainer = SFTTrainer(model=model, args=args, train_dataset=train_ds,
+                         eval_dataset=test_ds, processing_class=tok, callbacks=callbacks,
+                         **({"peft_config": peft_config} if peft_config is not None else {}))
     trainer.train(resume_from_checkpoint=last_checkpoint(out / "checkpoints"))
     final = trainer.evaluate()
-    trainer.save_model(str(out / "model"))
-    tok.save_pretrained(out / "model")
+    save_final(trainer, cfg, tok, init, out)
     return {"log_history": trainer.state.log_history, "eval_loss": final["eval_loss"],
             "steps": trainer.state.global_step, "n_train": len(train_ds), "n_test": len(test_ds),
             "global_batch_size": cfg.global_batch_size}
