@@ -89,3 +89,26 @@ def require(row: dict, field: str, types: type | tuple[type, ...], where: str) -
         names = types.__name__ if isinstance(types, type) else "/".join(t.__name__ for t in types)
         raise DataError(f"{where}: field '{field}' should be {names}, got {type(value).__name__}")
     return value
+
+
+def fetch(source: str | os.PathLike, cache_dir: str | os.PathLike) -> Path:
+    """A local path as is; an http(s) URL downloaded once into `cache_dir` (atomically) and reused."""
+    src = str(source)
+    if not src.startswith(("http://", "https://")):
+        path = Path(src)
+        if not path.exists():
+            raise FileNotFoundError(f"{path} does not exist")
+        return path
+    import hashlib
+    import urllib.request
+
+    name = hashlib.sha256(src.encode()).hexdigest()[:12] + "-" + Path(src.split("?")[0]).name
+    path = Path(cache_dir) / name
+    if not path.exists():
+        try:
+            with urllib.request.urlopen(src, timeout=60) as r:  # noqa: S310 - a URL the user configured
+                data = r.read()
+        except OSError as e:
+            raise OSError(f"could not download {src}: {e}") from None
+        atomic_write_bytes(path, data)
+    return path

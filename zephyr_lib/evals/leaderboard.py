@@ -371,3 +371,24 @@ def leaderboard_summary(metrics: Mapping[str, Any], tasks: Mapping[str, str | Se
     if out:
         out["average"] = sum(out.values()) / len(out)
     return out
+
+
+def run_paper_leaderboard(model_dir: str | Path, batch_size: int | str = "auto", device: str = "cuda",
+                          limit: int | float | None = None) -> dict:
+    """The Open LLM Leaderboard v1 on the real lm-eval tasks, with PAPER_SETTINGS (per-task few-shot,
+    no BOS); MMLU is the unweighted mean over its 57 subjects. Needs the hub (datasets) and a GPU."""
+    import lm_eval
+    from lm_eval.tasks import TaskManager
+
+    model_args = f"pretrained={model_dir},dtype=bfloat16,add_bos_token={PAPER_SETTINGS['add_bos_token']}"
+    out: dict = {}
+    tm = TaskManager()
+    for key, spec in PAPER_SETTINGS["benchmarks"].items():
+        tasks = list(spec.get("subtasks") or [spec["task"]])
+        res = lm_eval.simple_evaluate(model="hf", model_args=model_args, tasks=tasks, num_fewshot=spec["num_fewshot"],
+                                      batch_size=batch_size, limit=limit, task_manager=tm, device=device)
+        flat = flatten_results(res)
+        scores = {t: flat[f"{t}/{spec['metric']}"] for t in tasks}
+        out[key] = macro_average(scores) if spec.get("average") == "macro" else scores[tasks[0]]
+        out[f"{key}_raw"] = flat
+    return out
