@@ -104,7 +104,11 @@ class BaseConfig:
 class CurateConfig:
     """Stage `curate`: the UltraChat-style corpus (α, raw) and its curated version (β)."""
 
-    source: str = opt("toy", "'toy' (the teacher writes the corpus), a raw UltraChat .jsonl path or hub id (stingning/ultrachat), or an ultrachat_200k path or hub id.")
+    source: str = opt("toy", "'toy' (the teacher stand-in writes the corpus), 'api' (a real teacher writes it from teacher_seeds), or a raw UltraChat .jsonl path or hub id (stingning/ultrachat).")
+    teacher_seeds: str = opt("", "source 'api': a text file (path or URL) of topics or opening questions, one per line.", hash_omit_default=True)
+    teacher_model: str = opt("gpt-3.5-turbo", "source 'api': the teacher model (the paper: GPT-3.5-turbo).", hash_omit_default=True)
+    teacher_base_url: str = opt("https://api.openai.com/v1", "source 'api': OpenAI-compatible base URL (e.g. a vLLM server).", hash_omit_default=True)
+    teacher_api_key_env: str = opt("OPENAI_API_KEY", "source 'api': NAME of the environment variable holding the key.", hash_omit_default=True)
     n_dialogues: int = opt(3000, "Dialogues the teacher writes (toy) or rows read (real data, 0 = all).")
     max_followups: int = opt(1, "Most self-prompted follow-up turns per dialogue (UltraChat's loop).")
     truecase: bool = opt(True, "Apply truecasing heuristics for β.")
@@ -292,6 +296,9 @@ STAGE_CONFIGS: dict[str, type] = {
 # (eval.models, results.evals) lists runs too.
 LIST_REFS = {("eval", "models")}
 TOY_AGENTS = ("teacher", "reference")  # toy-world programs that can be evaluated like models
+# The toy judge's version: part of the hash of every run it grades (aif, eval), so changing how it
+# grades reruns them instead of reusing stale verdicts (its cache is keyed by this name too).
+TOY_JUDGE_VERSION = "toy-judge-v2"
 
 
 # --------------------------------------------------------------------------------------------
@@ -462,6 +469,8 @@ def _hash(profile: Profile, name: str, memo: dict) -> str:
         "world": dataclasses.asdict(profile.world),
         "upstream": {u: _hash(profile, u, memo) for u in run.upstream},
     }
+    if getattr(run.config, "judge", None) == "toy":
+        payload["judge"] = TOY_JUDGE_VERSION
     memo[name] = config_hash(payload)
     return memo[name]
 

@@ -90,6 +90,17 @@ def build_curate(ctx: RunContext, out: Path) -> dict:
                             exclude=world.eval_prompts(N_ALPACA_MAX), prefix="uc")
         dialogues = write_dialogues(world, make_agent(world, "teacher", seed=cfg.seed), tasks)
         raw = [cur.to_raw_ultrachat(t.id, d) for t, d in zip(tasks, dialogues)]
+    elif cfg.source == "api":  # UltraChat's loop against a real teacher (cached, so resumable)
+        from . import distill, judges
+        from .io import fetch
+        seeds = [x.strip() for x in fetch(cfg.teacher_seeds, ctx.root / "downloads").read_text().splitlines() if x.strip()]
+        cache = ctx.root / ctx.profile.name / "judge_cache" / "teacher"
+        teacher = judges.judge_from_config("openai", base_url=cfg.teacher_base_url, model=cfg.teacher_model,
+                                           api_key_env=cfg.teacher_api_key_env, cache_dir=cache)
+        dialogues, stats = distill.ultrachat_dialogues(teacher, seeds[: cfg.n_dialogues or None],
+                                                       max_turns=1 + cfg.max_followups)
+        write_json(out / "teacher_stats.json", {k: v for k, v in stats.items() if k != "kept"})
+        raw = distill.raw_ultrachat_rows(dialogues)
     else:
         raw = list(cur.load_raw_ultrachat(cfg.source, limit=cfg.n_dialogues))
     write_jsonl(out / "raw_ultrachat.jsonl", raw)  # raw UltraChat's schema: {"id", "data": [...]}
@@ -169,8 +180,8 @@ def answerer(ctx: RunContext, name: str, world: World, batch_size: int = 32, see
 
     if name in TOY_AGENTS or name in agent_profiles(world.cfg):
         return make_agent(world, name, seed=seed)
-    from .generate import ModelAgent
-    return ModelAgent(model_path(ctx, name), name=name, batch_size=batch_size, seed=seed)
+    from .vllm_backend import generation_agent  # vLLM when installed and a GPU exists, else transformers
+    return generation_agent(model_path(ctx, name), name=name, batch_size=batch_size, seed=seed)
 
 
 def make_judge(ctx: RunContext, world: World):

@@ -1,0 +1,146 @@
+"""vLLM as an optional, faster generation backend with the agents' ``respond_many`` interface.
+
+``generation_agent(path, name)`` returns a :class:`VLLMAgent` when the ``vllm`` package is
+importable and a CUDA device exists, else the transformers-based ``generate.ModelAgent``; both
+answer ``respond_many(conversations, max_new_tokens=, temperature=, temperatures=, desc=,
+return_stopped=)`` the same way: the tokenizer's chat template with the generation prompt, token
+ids passed as-is (no second BOS), greedy at temperature 0, per-conversation temperatures by
+grouping, answers stripped and in input order, ``stopped`` = the model ended by itself
+(finish_reason "stop") rather than hitting ``max_new_tokens``.
+
+vLLM is not a dependency of this project: install it on a CUDA machine (``pip install vllm``)
+to use it. Sampled answers (temperature > 0) are reproducible for a given seed and batch, but
+not bitwise equal to transformers' samples.
+"""
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import logging
+from pathlib import Path
+from typing import Any, Sequence
+
+log = logging.getLogger(__name__)
+
+BACKENDS = ("auto", "vllm", "transformers")
+
+
+class VLLMUnavailableError(RuntimeError):
+    """vLLM was asked for explicitly but cannot run here (package missing or no CUDA device)."""
+
+
+def _vllm_installed() -> bool:
+    try:
+        return importlib.util.find_spec("vllm") is not None
+    except (ImportError, ValueError):
+        return False
+
+
+def _cuda() -> bool:
+    try:
+        import torch
+        return bool(torch.cuda.is_available())
+    except Exception:  # noqa: BLE001 - no torch / broken driver: no CUDA
+        return False
+
+
+def available() -> bool:
+    """True when the vllm package is importable and a CUDA device exists."""
+    return _vllm_installed() and _cuda()
+
+
+def _import_vllm():
+    if not _vllm_installed():
+        raise VLLMUnavailableError(
+            "generation backend 'vllm' needs the vllm package, which is not installed in this "
+            "environment: install it on a Linux machine with a CUDA GPU (pip install vllm), or use "
+            "backend='transformers' (or 'auto', which falls back to transformers generation)")
+    if not _cuda():
+        raise VLLMUnavailableError(
+            "generation backend 'vllm' needs a CUDA device, and none is visible here; use "
+            "backend='transformers' (or 'auto', which falls back to transformers generation)")
+    return importlib.import_module("vllm")
+
+
+class VLLMAgent:
+    """A model served in-process by ``vllm.LLM``; same interface as ``generate.ModelAgent``.
+
+    ``path``: a local model folder or a hub id (its tokenizer must carry the chat template, as
+    every model this project saves does). ``llm_kwargs`` go to ``vllm.LLM`` (e.g. dtype,
+    gpu_memory_utilization, max_model_len).
+    """
+
+    def __init__(self, path: str | Path, name: str | None = None, tensor_parallel_size: int = 1, seed: int = 0,
+                 *, top_p: float = 1.0, **llm_kwargs: Any):
+        vllm = _import_vllm()
+        from transformers import AutoTokenizer
+
+        self.path = Path(path) if Path(str(path)).exists() else path  # a hub id stays a string
+        self.name = name or Path(str(path)).name
+        self.seed, self.top_p = seed, top_p
+        self.tokenizer = AutoTokenizer.from_pretrained(str(path))
+        if not getattr(self.tokenizer, "chat_template", None):
+            raise ValueError(f"{path}: the tokenizer has no chat template")
+        self._sampling_params = vllm.SamplingParams
+        self.llm = vllm.LLM(model=str(path), tokenizer=str(path), tensor_parallel_size=int(tensor_parallel_size),
+                            seed=int(seed), **llm_kwargs)
+
+    def __repr__(self) -> str:
+        return f"VLLMAgent(name={self.name!r}, path={str(self.path)!r})"
+
+    def _params(self, temperature: float, max_new_tokens: int):
+        eos = self.tokenizer.eos_token_id
+        kw: dict[str, Any] = {"temperature": float(temperature), "top_p": self.top_p if temperature > 0 else 1.0,
+                              "max_tokens": int(max_new_tokens), "skip_special_tokens": True}
+        if eos is not None:
+            kw["stop_token_ids"] = [int(eos)]
+        return self._sampling_params(**kw)
+
+    def respond_many(self, conversations: Sequence[list[dict]], *, max_new_tokens: int = 128,
+                     temperature: float = 0.0, temperatures: Sequence[float] | None = None,
+                     desc: str | None = None, return_stopped: bool = False, **_: Any):
+        convs = [list(c) for c in conversations]
+        temps = [float(t) for t in temperatures] if temperatures is not None else [float(temperature)] * len(convs)
+        if len(temps) != len(convs):
+            raise ValueError(f"{len(temps)} temperatures for {len(convs)} conversations")
+        prompts = [self.tokenizer.apply_chat_template(c, tokenize=False, add_generation_prompt=True) for c in convs]
+        ids = [self.tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
+        out: list[str | None] = [None] * len(convs)
+        stopped = [False] * len(convs)
+        groups: dict[float, list[int]] = {}
+        for i, t in enumerate(temps):
+            groups.setdefault(t, []).append(i)
+        for t, idx in groups.items():
+            if desc:
+                log.info("%s: %d conversation(s) at temperature %s", desc, len(idx), t)
+            results = self.llm.generate([{"prompt_token_ids": ids[i]} for i in idx], self._params(t, max_new_tokens),
+                                        use_tqdm=bool(desc))
+            if len(results) != len(idx):
+                raise RuntimeError(f"vllm returned {len(results)} outputs for {len(idx)} prompts")
+            for i, r in zip(idx, results):
+                best = r.outputs[0]
+                out[i] = best.text.strip()
+                stopped[i] = best.finish_reason == "stop"
+        return (out, stopped) if return_stopped else out
+
+
+def generation_agent(path: str | Path, name: str | None = None, backend: str = "auto", *, seed: int = 0,
+                     batch_size: int = 32, tensor_parallel_size: int = 1, **vllm_kwargs: Any):
+    """A generation agent for a trained model: VLLMAgent or generate.ModelAgent.
+
+    backend="auto": vLLM when :func:`available` (package importable and CUDA present), else
+    transformers (``batch_size`` applies there; vLLM options are then ignored).
+    backend="vllm": vLLM or :class:`VLLMUnavailableError` saying why. backend="transformers":
+    always ``generate.ModelAgent``.
+    """
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown generation backend {backend!r}; expected one of {BACKENDS}")
+    if backend == "vllm" or (backend == "auto" and available()):
+        return VLLMAgent(path, name, tensor_parallel_size=tensor_parallel_size, seed=seed, **vllm_kwargs)
+    if backend == "transformers" and vllm_kwargs:
+        raise TypeError(f"options {sorted(vllm_kwargs)} apply to backend='vllm' only")
+    if backend == "auto" and (vllm_kwargs or tensor_parallel_size != 1):
+        log.info("vllm unavailable: generating with transformers; ignoring vllm options %s",
+                 sorted(vllm_kwargs) + (["tensor_parallel_size"] if tensor_parallel_size != 1 else []))
+    from .generate import ModelAgent
+    return ModelAgent(path, name=name, batch_size=batch_size, seed=seed)
