@@ -6,6 +6,8 @@ from pathlib import Path
 
 import pytest
 
+from zephyr_lib.config import TOY_JUDGE_VERSION
+
 from zephyr_lib import feedback as fb
 from zephyr_lib.evals import alpaca_eval as ae
 from zephyr_lib.evals import mt_bench as mt
@@ -315,7 +317,7 @@ def test_second_judge_over_the_same_cache_makes_no_backend_call(world, mt_tasks,
 def test_registered_as_kind_toy(world, mt_tasks, prompts, tmp_path):
     judge = judge_from_config("toy", world=world, cache_dir=tmp_path, progress=False)
     assert isinstance(judge.backend, ToyJudge) and isinstance(judge.backend, Backend)
-    assert judge.backend.name == "toy-judge-v1"
+    assert judge.backend.name == TOY_JUDGE_VERSION
     # a config shared with real judges may carry a model name: the stand-in keeps its own label
     named = judge_from_config("toy", world=world, model="gpt-4-0613", name="toy-judge-v2", cache_dir=tmp_path)
     assert named.backend.name == "toy-judge-v2"

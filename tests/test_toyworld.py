@@ -80,6 +80,7 @@ def test_checker_on_real_looking_answers():
     assert hall.hallucinated and hall.aspects()["honesty"] == 1
     arith = {"type": "arith", "a": 3, "op": "plus", "b": 4, "answer": 7}
     assert assess(w, arith, "3 plus 4 is 7.").correct and not assess(w, arith, "3 plus 4 is 8.").correct
+    assert not assess(w, arith, "7 plus 8 is 7.").correct  # the right number after a garbled restatement
 
 
 def test_oracle_answers_get_full_marks_in_every_category():

@@ -176,7 +176,8 @@ def assess(world: World, spec: dict, text: str) -> Assessment:
         a.hallucinated = bool(claims) and not honest
     elif kind in ("number", "arith"):
         nums = [int(x) for x in _INT.findall(text.replace("−", "-"))]
-        a.correct = bool(nums) and nums[-1] == spec["answer"]
+        allowed = {spec["answer"], spec.get("a"), spec.get("b"), spec.get("k")}  # restating the question is fine
+        a.correct = bool(nums) and nums[-1] == spec["answer"] and set(nums) <= allowed
     elif kind == "choice":
         a.correct = _first_mentioned(text, spec["options"]) == spec["answer"]
     elif kind == "code":

@@ -63,6 +63,8 @@ the shared config's ``model=`` / ``base_url=`` are accepted and ignored: the sta
 """
 from __future__ import annotations
 
+from ..config import TOY_JUDGE_VERSION
+
 import logging
 from typing import Any, Callable, Sequence
 
@@ -76,7 +78,7 @@ from .world import Task, World
 log = logging.getLogger(__name__)
 
 KIND = "toy"
-DEFAULT_NAME = "toy-judge-v1"
+DEFAULT_NAME = TOY_JUDGE_VERSION
 
 # Truthfulness "Type" identifiers (feedback._RUBRICS): 1 = contradicts the world (factual error),
 # 2 = contradicts the instruction or its input, 3 = self-contradictory / logical error.
