@@ -75,3 +75,14 @@ def test_unknown_and_secret_papermill_parameters_are_refused(tmp_path, monkeypat
                                parameters={"profile": "smoke", "n_dialogues": 60}, progress_bar=False)
     manifests = list((tmp_path / "runs" / "smoke" / "curate").glob("*/manifest.json"))
     assert [json.loads(m.read_text())["config"]["n_dialogues"] for m in manifests] == [60]
+
+
+def test_overrides_of_upstream_runs_reach_downstream_notebooks(tmp_path):
+    """`--set curate.x=…` changes curate's hash; the sft notebook must resolve that same curate run."""
+    from zephyr_lib.config import load_profile
+    from zephyr_lib.store import open_run
+
+    want = load_profile("smoke", ["curate.n_dialogues=60", "sft.learning_rate=0.002"])
+    ctx = open_run("sft", "smoke", "sft", {"learning_rate": 0.002, "curate.n_dialogues": 60})
+    assert ctx.hash == want.run_hash("sft") != load_profile("smoke").run_hash("sft")
+    assert ctx.profile.runs["curate"].config.n_dialogues == 60

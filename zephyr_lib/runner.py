@@ -149,7 +149,9 @@ def run_pipeline(profile_name: str, stages: list[str] | None = None, sets: list[
         tag = f"[{i}/{len(plan)}] {run.name} ({run.stage} @ {profile.run_hash(run.name)})"
         echo(f"{tag}: started", flush=True)
         t0 = time.time()
-        state = execute_run(profile, run.name, overrides.get(run.name, {}), run.name in forced, timeout_s, log_dir)
+        mine = {**{f"{r}.{k}": v for r, kv in overrides.items() if r != run.name for k, v in kv.items()},
+                **overrides.get(run.name, {})}
+        state = execute_run(profile, run.name, mine, run.name in forced, timeout_s, log_dir)
         echo(f"{tag}: {'cached' if state == 'cached' else f'done in {time.time() - t0:.1f} s'}", flush=True)
     echo(f"profile {profile.name}: {len(plan)} runs in {time.time() - t_all:.1f} s", flush=True)
     return 0

@@ -179,13 +179,20 @@ def open_run(stage: str, profile: str = "toy", run: str | None = None, overrides
              force: bool = False, injected: dict | None = None) -> RunContext:
     """Entry point of every stage notebook.
 
-    `injected` holds the notebook's parameters that papermill injected beyond the declared ones
+    `overrides` holds this run's config overrides ({"key": value}) and, as {"run.key": value}, those of
+    other runs of the plan. `injected` holds the notebook's parameters that papermill injected beyond the declared ones
     (pass ``{k: v for k, v in globals().items() if k not in _before}``): a name that is a config
     key of the stage becomes an override; any other name is an error, because papermill itself
     only warns about unknown parameters.
     """
     run = run or stage
+    # "key": value overrides this run; "other_run.key": value overrides an upstream run, so that a
+    # notebook resolves the same upstream hashes as the runner that launched it.
+    plan: dict[str, dict] = {}
     overrides = dict(overrides or {})
+    for key in [k for k in overrides if "." in k]:
+        other, field_name = key.split(".", 1)
+        plan.setdefault(other, {})[field_name] = overrides.pop(key)
     if injected:
         refuse_secret_names(list(injected))
         prof0 = load_profile(profile)
@@ -195,7 +202,9 @@ def open_run(stage: str, profile: str = "toy", run: str | None = None, overrides
             raise ConfigError(f"unknown notebook parameter(s) {unknown} for stage {stage!r}: the parameters are "
                               f"profile, run, overrides, force, or a config key of the stage: {sorted(fields)}")
         overrides.update(injected)
-    prof = load_profile(profile, {run: overrides} if overrides else None)
+    if overrides:
+        plan.setdefault(run, {}).update(overrides)
+    prof = load_profile(profile, plan or None)
     ctx = context(prof, run, force=force)
     if ctx.run.stage != stage:
         raise ConfigError(f"run {run!r} is a {ctx.run.stage!r} run, not a {stage!r} run")
