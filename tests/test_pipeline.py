@@ -54,6 +54,8 @@ def test_every_stage_ran_and_wrote_its_formats(site):
         for bench in ("mt_bench", "alpaca_eval", "leaderboard"):
             assert (ev / name / bench / "metrics.json").is_file()
     assert "leaderboard" not in m["teacher"]  # programs have no log-likelihoods
+    pw = m["teacher"]["mt_bench_pairwise"]  # FastChat's pairwise mode against the base model
+    assert pw["baseline"] == "base" and pw["n"] + pw["n_error"] == 160 and pw["win"] > pw["loss"]
     assert m["teacher"]["mt_bench"]["overall"] > m["base"]["mt_bench"]["overall"] + 3
     res = json.loads((run_dir(site, "results") / "metrics.json").read_text())
     assert res["verdicts"] and all(("reproduced" in v) or ("inconclusive" in v) for v in res["verdicts"])

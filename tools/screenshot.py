@@ -27,7 +27,11 @@ def screenshot(html_dir: Path, out_dir: Path, pages: list[str], width: int = 130
     browser = shutil.which("chromium") or shutil.which("chromium-browser")
     if not browser:
         raise SystemExit("chromium not found: apt-get install chromium")
-    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(html_dir))
+    class Quiet(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, *args):  # keep the terminal for the screenshots' paths
+            pass
+
+    handler = functools.partial(Quiet, directory=str(html_dir))
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -254,6 +254,7 @@ class EvalConfig:
     judge_prompts: str = opt("", "FastChat judge_prompts.jsonl path (empty = the toy profile's prompts in FastChat's schema and layouts).")
     alpaca_eval_set: str = opt("toy", "'toy' or an AlpacaEval eval-set JSON path/URL (805 instructions with text-davinci-003 outputs).")
     leaderboard_tasks: str = opt("toy", "'toy' (the toy world's four tasks) or 'paper' (arc_challenge, hellaswag, mmlu, truthfulqa_mc2 with the leaderboard v1 settings).")
+    mt_bench_pairwise_baseline: str = opt("", "Also run MT-Bench's pairwise mode: every other model against this one, both orders, disagreement = tie (empty = off).", hash_omit_default=True)
     n_alpaca: int = opt(200, "Toy AlpacaEval instructions (real set: all 805).")
     n_leaderboard: int = opt(200, "Toy questions per leaderboard task.")
     max_new_tokens: int = opt(128, "Generation length (FastChat: 1024).")
@@ -284,6 +285,7 @@ class ResultsConfig:
                               "Table 3 arms as 'arm=run' (the paper's arm names).")
     epochs: list[str] = opt(["sft", "dpo@1", "dpo@2", "dpo"], "Models of the MT-Bench-vs-DPO-epochs curve (Figure 3).")
     dpo: str = opt("dpo", "The DPO run whose training curves Figure 3 shows.")
+    sweep: list[str] = opt([], "DPO runs compared with their dSFT start (what was tried when dDPO > dSFT did not reproduce).")
     n_bootstrap: int = opt(2000, "Paired-bootstrap resamples for differences between models.")
     seed: int = opt(0, "Bootstrap seed.")
 

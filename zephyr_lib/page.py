@@ -7,19 +7,23 @@ from pathlib import Path
 import pandas as pd
 
 
-def glue(key: str, value, display: bool = False):
-    """myst-nb glue (so the book can cite the number), a no-op outside a notebook kernel."""
+def glue(key: str, value, display: bool = False) -> None:
+    """myst-nb glue (so the book can cite the number); returns nothing, so a cell ending in a
+    glue call does not echo the value."""
     try:
         from myst_nb import glue as _glue
     except ImportError:  # pragma: no cover - myst-nb ships with jupyter-book
-        return value
+        return
     _glue(key, value, display=display)
-    return value
 
 
 def table(df: pd.DataFrame, key: str | None = None, floatfmt: str = "{:.3g}"):
     """Show a DataFrame (and glue it under `key`)."""
-    styled = df.style.format(lambda v: floatfmt.format(v) if isinstance(v, float) else v)
+    def fmt(v):
+        if isinstance(v, float):
+            return "–" if v != v else floatfmt.format(v)  # NaN: nothing to show (e.g. no paper number)
+        return "–" if v is None else v
+    styled = df.style.format(fmt)
     if key:
         glue(key, df, display=False)
     return styled

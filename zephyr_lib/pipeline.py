@@ -395,6 +395,13 @@ def build_eval(ctx: RunContext, out: Path) -> dict:
                 write_json(out / name / "leaderboard" / "metrics.json", res["leaderboard"])
         results[name] = res
         del agent
+    if cfg.mt_bench_pairwise_baseline and "mt_bench" in cfg.benchmarks:
+        base = cfg.mt_bench_pairwise_baseline
+        if base not in results:
+            raise ValueError(f"eval.mt_bench_pairwise_baseline {base!r} is not one of eval.models {cfg.models}")
+        for name in results:
+            if name != base:
+                results[name]["mt_bench_pairwise"] = _mt_bench_pairwise(inputs, judge, out, name, base)
     metrics = {"models": results, "judge": getattr(judge.backend, "name", cfg.judge),
                "judge_stats": judge.stats.as_dict()}
     write_json(out / "metrics.json", metrics)
@@ -429,6 +436,28 @@ def _mt_bench(cfg, agent, model_id: str, inputs: dict, judge, out: Path) -> dict
     metrics["n_transport_failures"] = sum(not r.ok for r in replies)
     write_json(out / "metrics.json", metrics)
     return metrics
+
+
+def _mt_bench_pairwise(inputs: dict, judge, out: Path, model: str, baseline: str) -> dict:
+    """FastChat's pairwise mode: model (model_1) vs baseline (model_2), each turn judged in both
+    orders; the two games disagreeing count as a tie, an unparsed game drops the row."""
+    from .evals import mt_bench as mt
+
+    ans = {m: mt.load_answers(out / m / "mt_bench" / "model_answer.jsonl") for m in (model, baseline)}
+    games, keys = [], []
+    for q in inputs["mt_questions"]:
+        a, b = ans[model][q["question_id"]], ans[baseline][q["question_id"]]
+        for turn in (1, 2):
+            games.append(mt.build_pair_judge_messages(q, a, b, inputs["judge_prompts"], turn, inputs["mt_references"]))
+            games.append(mt.build_pair_judge_messages(q, b, a, inputs["judge_prompts"], turn, inputs["mt_references"]))
+            keys.append((q["question_id"], turn))
+    res = judge.complete_many(games, temperature=0.0, max_tokens=mt.JUDGE_MAX_TOKENS, desc=f"MT-Bench pairwise ({model})")
+    verdicts = [mt.parse_pair_verdict(r.text) if r.ok and r.text else "error" for r in res]
+    outcomes = [mt.pair_outcome(verdicts[2 * i], verdicts[2 * i + 1]) for i in range(len(keys))]
+    write_jsonl(out / model / "mt_bench" / f"pairwise_vs_{baseline}.jsonl",
+                [{"question_id": q, "turn": t, "verdict_ab": verdicts[2 * i], "verdict_ba": verdicts[2 * i + 1],
+                  "outcome": o} for i, ((q, t), o) in enumerate(zip(keys, outcomes))])
+    return {"baseline": baseline, **mt.pairwise_summary(outcomes)}
 
 
 def _alpaca_eval(cfg, agent, model_id: str, inputs: dict, judge, out: Path) -> dict:
@@ -549,11 +578,23 @@ def build_results(ctx: RunContext, out: Path) -> dict:
     if cfg.dpo in ctx.profile.runs:
         dctx = ev.upstream(cfg.dpo)
         dpo_log = [json.loads(x) for x in (dctx.dir / "log_history.jsonl").read_text().splitlines() if x.strip()]
+    sweep = []
+    for name in cfg.sweep:
+        if have(name, "mt_bench"):
+            dcfg, dm = ctx.profile.runs[name].config, ev.upstream(name).metrics()
+            start = dcfg.init
+            entry = {"run": name, "beta": dcfg.beta, "learning_rate": dcfg.learning_rate, "epochs": dcfg.num_train_epochs,
+                     "test_reward_accuracy": dm.get("eval_rewards/accuracies"), "test_loss": dm.get("eval_loss"),
+                     "start": start, **row(name)}
+            if have(start, "mt_bench"):
+                d = R.paired_diff(mt(name), mt(start), cfg.n_bootstrap, cfg.seed)
+                entry.update({"mt_diff": d["diff"], "mt_diff_lo": d["lo"], "mt_diff_hi": d["hi"]})
+            sweep.append(entry)
     weakest = {}
     if have("dpo", "mt_bench"):
         cats = em["dpo"]["mt_bench"]["categories"]
         weakest = dict(sorted(cats.items(), key=lambda kv: kv[1])[:2])
-    metrics = {"table1": table1, "table3": table3, "epochs": epochs, "alpha_beta": alpha_beta,
+    metrics = {"table1": table1, "table3": table3, "epochs": epochs, "alpha_beta": alpha_beta, "sweep": sweep,
                "verdicts": verdicts, "dpo_log": dpo_log, "weakest_categories": weakest,
                "categories": {m: em[m]["mt_bench"]["categories"] for m in cfg.table1 if have(m, "mt_bench")}}
     write_json(out / "metrics.json", metrics)
