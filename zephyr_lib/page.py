@@ -39,3 +39,12 @@ def save_figure(fig, path: str | os.PathLike, key: str | None = None) -> Path:
     if key:
         glue(key, fig, display=True)
     return path
+
+
+def logged(log: pd.DataFrame, column: str) -> pd.DataFrame:
+    """The rows of a trainer log that hold `column` (an empty frame if a short run never logged it)."""
+    if column not in log:
+        empty = log.iloc[0:0].copy()
+        empty[column] = []
+        return empty
+    return log.dropna(subset=[column])
