@@ -127,9 +127,30 @@ def _slim(report: dict) -> dict:
 
 # ---- sft ----------------------------------------------------------------------------------
 
+def held_out_before_after(ctx: RunContext, init, trained: Path, seed: int, prefix: str, n: int = 96):
+    """Greedy answers of the initial and the trained model to `n` new toy prompts (disjoint from
+    every benchmark): per-prompt rows, and per model the judge stand-in's mean score, the rate of
+    answers that end with eos, and the α/β defect rates."""
+    from .generate import ModelAgent
+
+    world = world_of(ctx)
+    probe = world.tasks(n, seed=seed, followups=0, prefix=prefix, exclude=world.eval_prompts(N_ALPACA_MAX))
+    convs = [[{"role": "user", "content": t.turns[0]}] for t in probe]
+    rows = [{"prompt": c[0]["content"], "category": t.category} for c, t in zip(convs, probe)]
+    metrics = {}
+    for who, path in (("init", init), ("model", trained)):
+        answers, stopped = ModelAgent(path, name=who).respond_many(convs, max_new_tokens=96, return_stopped=True,
+                                                                  desc=f"held-out answers ({who})")
+        scores = [assess(world, t.specs[0], a).score10() for t, a in zip(probe, answers)]
+        for r, a, st, sc in zip(rows, answers, stopped, scores):
+            r.update({f"{who}_answer": a, f"{who}_stopped": st, f"{who}_score": sc})
+        metrics[who] = {"stop_rate": sum(stopped) / len(stopped), "score": sum(scores) / len(scores),
+                        "defects": cur.defect_rates(answers)}
+    return rows, metrics
+
+
 def build_sft(ctx: RunContext, out: Path) -> dict:
     from . import launch, modeling
-    from .generate import ModelAgent
 
     modeling.set_threads()
     cfg = ctx.cfg
@@ -138,21 +159,8 @@ def build_sft(ctx: RunContext, out: Path) -> dict:
     write_jsonl(out / "log_history.jsonl", res.pop("log_history"))
     # Held-out behaviour of the initial and the trained model on the same new prompts:
     # chat format, stopping at eos, the judge stand-in's score, and the α/β defect rates.
-    world = world_of(ctx)
-    probe = world.tasks(96, seed=10_000 + cfg.seed, followups=0, prefix="sftprobe",
-                        exclude=world.eval_prompts(N_ALPACA_MAX))
-    convs = [[{"role": "user", "content": t.turns[0]}] for t in probe]
-    rows = [{"prompt": c[0]["content"], "category": t.category} for c, t in zip(convs, probe)]
-    metrics = dict(res)
-    for who, path in (("init", init), ("model", out / "model")):
-        agent = ModelAgent(path, name=who)
-        answers, stopped = agent.respond_many(convs, max_new_tokens=96, return_stopped=True,
-                                              desc=f"held-out answers ({who})")
-        scores = [assess(world, t.specs[0], a).score10() for t, a in zip(probe, answers)]
-        for r, a, st, sc in zip(rows, answers, stopped, scores):
-            r.update({f"{who}_answer": a, f"{who}_stopped": st, f"{who}_score": sc})
-        metrics[who] = {"stop_rate": sum(stopped) / len(stopped), "score": sum(scores) / len(scores),
-                        "defects": cur.defect_rates(answers)}
+    rows, held_out = held_out_before_after(ctx, init, out / "model", seed=10_000 + cfg.seed, prefix="sftprobe")
+    metrics = {**res, **held_out}
     write_jsonl(out / "samples.jsonl", rows)
     write_json(out / "metrics.json", metrics)
     return metrics
@@ -312,21 +320,9 @@ def build_dpo(ctx: RunContext, out: Path) -> dict:
     init, data = model_path(ctx, cfg.init), ctx.resolve(cfg.data)
     res = launch.train_stage("dpo", cfg, init, data, out)
     write_jsonl(out / "log_history.jsonl", res.pop("log_history"))
-    # Sample answers before and after DPO on held-out AIF-style prompts, graded by the judge stand-in's checker.
-    world = world_of(ctx)
-    probe = world.tasks(96, seed=20_000 + cfg.seed, followups=0, prefix="dpoprobe",
-                        exclude=world.eval_prompts(N_ALPACA_MAX))
-    convs = [[{"role": "user", "content": t.turns[0]}] for t in probe]
-    rows = [{"prompt": c[0]["content"], "category": t.category} for c, t in zip(convs, probe)]
-    metrics = dict(res)
-    from .generate import ModelAgent
-    for who, path in (("init", init), ("model", out / "model")):
-        answers, stopped = ModelAgent(path, name=who).respond_many(convs, max_new_tokens=96, return_stopped=True,
-                                                                  desc=f"held-out answers ({who})")
-        scores = [assess(world, t.specs[0], a).score10() for t, a in zip(probe, answers)]
-        for r, a, sc in zip(rows, answers, scores):
-            r.update({f"{who}_answer": a, f"{who}_score": sc})
-        metrics[who] = {"score": sum(scores) / len(scores), "stop_rate": sum(stopped) / len(stopped)}
+    # Answers before and after DPO on held-out prompts, graded by the judge stand-in's checker.
+    rows, held_out = held_out_before_after(ctx, init, out / "model", seed=20_000 + cfg.seed, prefix="dpoprobe")
+    metrics = {**res, **held_out}
     write_jsonl(out / "samples.jsonl", rows)
     write_json(out / "metrics.json", metrics)
     return metrics
