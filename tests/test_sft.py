@@ -88,3 +88,23 @@ def test_dsft_learns_to_stop_and_resumes_after_a_kill(tiny_base, tiny_chat_data,
     answers, stopped = ModelAgent(tmp_path / "model").respond_many(prompts, max_new_tokens=48, return_stopped=True)
     assert sum(stopped) / len(stopped) >= 0.9 > sum(before) / len(before)
     assert not any("<|user|>" in a or "<|assistant|>" in a for a in answers)
+
+
+def test_a_paper_scale_base_run_points_at_hub_weights_and_keeps_its_own_tokenizer(tiny_base, tmp_path):
+    """The paper profile's base run stores only the tokenizer (Zephyr template, pad != eos) and a
+    pointer to the hub weights; training and generation load the weights through the pointer."""
+    import shutil
+
+    from zephyr_lib import modeling
+    from zephyr_lib.io import write_json
+
+    folder = tmp_path / "base" / "model"
+    folder.mkdir(parents=True)
+    for f in tiny_base.iterdir():  # the tokenizer files only: stands in for the hub model's tokenizer
+        if "token" in f.name or f.suffix == ".jinja":
+            shutil.copy(f, folder / f.name)
+    write_json(folder / modeling.POINTER, {"pretrained": str(tiny_base), "revision": ""})  # tiny_base plays the hub id
+    assert not (folder / "config.json").exists()
+    assert modeling.weights_source(folder) == (str(tiny_base), {})
+    model, tok = modeling.load_model(folder)
+    assert model.config.hidden_size == 64 and tok.chat_template == modeling.CHAT_TEMPLATE

@@ -63,7 +63,7 @@ from transformers import TrainerCallback
 
 from .config import DPOConfig
 from .io import DataError
-from .modeling import last_checkpoint
+from .modeling import last_checkpoint, weights_source
 from .sft import lora_setup, save_final
 
 ROLES = ("system", "user", "assistant")
@@ -371,7 +371,8 @@ def train(cfg: DPOConfig, init: Path | str, data: Path | str, out: Path, *, call
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    tok = AutoTokenizer.from_pretrained(init)
+    tok = AutoTokenizer.from_pretrained(init)  # the tokenizer always lives in the local init folder
+    source, source_kwargs = weights_source(init)  # the weights may be a hub model (paper-scale base run)
     if tok.pad_token is None or tok.pad_token_id == tok.eos_token_id:
         raise ValueError(f"{init}: the tokenizer's pad token must exist and differ from eos "
                          "(pad = eos masks the eos label, so the model would never learn to stop)")
@@ -382,7 +383,7 @@ def train(cfg: DPOConfig, init: Path | str, data: Path | str, out: Path, *, call
     if args.world_size > 1:
         prefs.update(shared_on_disk({"train": prefs["train"], "test": prefs["test"]}, out / "prefs_cache", args))
     peft_config, model_kwargs = lora_setup(cfg)
-    model = AutoModelForCausalLM.from_pretrained(init, dtype="auto", **model_kwargs)
+    model = AutoModelForCausalLM.from_pretrained(source, dtype="auto", **model_kwargs, **source_kwargs)
     saver = EpochSaver(out)
     trainer = DPOTrainer(model=model, ref_model=None, args=args, train_dataset=prefs["train"],
                          eval_dataset=prefs["test"], processing_class=tok,

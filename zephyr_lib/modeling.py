@@ -14,6 +14,7 @@ tokens.
 """
 from __future__ import annotations
 
+import json
 import math
 import os
 from pathlib import Path
@@ -120,11 +121,25 @@ def last_checkpoint(folder: Path) -> str | None:
     return str(max(done, key=lambda p: int(p.name.split("-")[1]))) if done else None
 
 
+POINTER = "zephyr_pretrained.json"  # in a base run's model folder when the weights live on the hub
+
+
+def weights_source(path: str | Path) -> tuple[str, dict]:
+    """(where the weights are, from_pretrained kwargs). A paper-scale base run saves only the
+    tokenizer (with the Zephyr template and a pad token) plus a pointer to the hub weights."""
+    pointer = Path(path) / POINTER
+    if pointer.is_file():
+        ref = json.loads(pointer.read_text())
+        return ref["pretrained"], ({"revision": ref["revision"]} if ref.get("revision") else {})
+    return str(path), {}
+
+
 def load_model(path: str | Path, dtype=torch.float32):
     """A causal LM and its tokenizer from a local folder or hub id."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(path)
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
+    source, kwargs = weights_source(path)
+    model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, **kwargs)
     model.eval()
     return model, tok

@@ -33,11 +33,15 @@ def build_base(ctx: RunContext, out: Path) -> dict:
         from transformers import AutoTokenizer
         tok = AutoTokenizer.from_pretrained(cfg.pretrained, revision=cfg.revision or None)
         if tok.pad_token is None or tok.pad_token == tok.eos_token:
-            tok.add_special_tokens({"pad_token": modeling.PAD})
+            # pad = eos would mask the eos labels; Mistral's <unk> is never produced by its tokenizer,
+            # so it can pad without growing the vocabulary (no embedding resize).
+            if tok.unk_token is None or tok.unk_token == tok.eos_token:
+                raise ValueError(f"{cfg.pretrained}: no pad token distinct from eos, and no <unk> to use as one")
+            tok.pad_token = tok.unk_token
         tok.chat_template = modeling.CHAT_TEMPLATE
-        tok.save_pretrained(out / "tokenizer")
+        tok.save_pretrained(out / "model")  # later stages read the tokenizer here, the weights from the hub
         metrics = {"pretrained": cfg.pretrained, "revision": cfg.revision}
-        write_json(out / "pretrained.json", metrics)
+        write_json(out / "model" / modeling.POINTER, metrics)
         write_json(out / "metrics.json", metrics)
         return metrics
     modeling.set_threads()
@@ -166,12 +170,9 @@ def build_sft(ctx: RunContext, out: Path) -> dict:
     return metrics
 
 
-def model_path(ctx: RunContext, ref: str) -> Path | str:
-    """A model reference -> local folder, or the hub id a paper-scale base run recorded."""
-    up = ctx.upstream(ref)
-    pre = up.dir / "pretrained.json"
-    if "@" not in ref and "/" not in ref and pre.is_file():
-        return read_json(pre)["pretrained"]
+def model_path(ctx: RunContext, ref: str) -> Path:
+    """A model reference ('sft', 'dpo@2') -> its local folder. A paper-scale base run's folder holds
+    the tokenizer and a pointer to the hub weights (modeling.weights_source)."""
     return ctx.resolve(ref)
 
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from .config import SFTConfig
-from .modeling import last_checkpoint
+from .modeling import last_checkpoint, weights_source
 
 
 def trl_args(cfg: SFTConfig, output_dir: str | Path, use_cpu: bool | None = None):
@@ -104,7 +104,8 @@ def save_final(trainer, cfg, tok, init, out: Path) -> None:
         from peft import PeftModel
         from transformers import AutoModelForCausalLM
 
-        base = AutoModelForCausalLM.from_pretrained(init, dtype=torch.bfloat16 if cfg.bf16 else "auto")
+        source, source_kwargs = weights_source(init)
+        base = AutoModelForCausalLM.from_pretrained(source, dtype=torch.bfloat16 if cfg.bf16 else "auto", **source_kwargs)
         PeftModel.from_pretrained(base, str(out / "adapter")).merge_and_unload().save_pretrained(out / "model")
         tok.save_pretrained(out / "model")
     trainer.accelerator.wait_for_everyone()
@@ -131,7 +132,8 @@ def train(cfg: SFTConfig, init: Path, data: Path, out: Path, callbacks: list | N
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl import SFTTrainer
 
-    tok = AutoTokenizer.from_pretrained(init)
+    tok = AutoTokenizer.from_pretrained(init)  # the tokenizer always lives in the local init folder
+    source, source_kwargs = weights_source(init)  # the weights may be a hub model (paper-scale base run)
     if tok.pad_token is None or tok.pad_token_id == tok.eos_token_id:
         raise ValueError(f"{init}: the tokenizer's pad token must exist and differ from eos "
                          "(pad = eos masks the eos label, so the model would never learn to stop)")
@@ -139,7 +141,7 @@ def train(cfg: SFTConfig, init: Path, data: Path, out: Path, callbacks: list | N
     # (zero3_init_flag: the weights are sharded while loading).
     args = trl_args(cfg, out / "checkpoints")
     peft_config, model_kwargs = lora_setup(cfg)
-    model = AutoModelForCausalLM.from_pretrained(init, dtype="auto", **model_kwargs)
+    model = AutoModelForCausalLM.from_pretrained(source, dtype="auto", **model_kwargs, **source_kwargs)
     train_ds, test_ds = load_sft_data(data, cfg.max_train_samples)
     trainer = SFTTrainer(model=model, args=args, train_dataset=train_ds,
                          eval_dataset=test_ds, processing_class=tok, callbacks=callbacks,
