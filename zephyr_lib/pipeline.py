@@ -154,20 +154,9 @@ def held_out_before_after(ctx: RunContext, init, trained: Path, seed: int, prefi
 
 
 def build_sft(ctx: RunContext, out: Path) -> dict:
-    from . import launch, modeling
-
-    modeling.set_threads()
-    cfg = ctx.cfg
-    init, data = model_path(ctx, cfg.init), ctx.resolve(cfg.data)
-    res = launch.train_stage("sft", cfg, init, data, out)
-    write_jsonl(out / "log_history.jsonl", res.pop("log_history"))
-    # Held-out behaviour of the initial and the trained model on the same new prompts:
-    # chat format, stopping at eos, the judge stand-in's score, and the α/β defect rates.
-    rows, held_out = held_out_before_after(ctx, init, out / "model", seed=10_000 + cfg.seed, prefix="sftprobe")
-    metrics = {**res, **held_out}
-    write_jsonl(out / "samples.jsonl", rows)
-    write_json(out / "metrics.json", metrics)
-    return metrics
+    """dSFT through TRL's SFTTrainer (see zephyr_lib.sft), then the held-out before/after probe:
+    chat format, stopping at eos, the judge stand-in's score and the α/β defect rates."""
+    return _train_and_probe(ctx, out, "sft", probe_seed=10_000)
 
 
 def model_path(ctx: RunContext, ref: str) -> Path:
@@ -313,16 +302,20 @@ def _binarize_and_save(cfg, rows: list[dict], out: Path, extra: dict) -> dict:
 # ---- dpo ----------------------------------------------------------------------------------
 
 def build_dpo(ctx: RunContext, out: Path) -> dict:
-    """dDPO through TRL's DPOTrainer: policy and frozen reference both start from `init`."""
+    """dDPO through TRL's DPOTrainer (see zephyr_lib.dpo): policy and frozen reference both start
+    from `init`; then the same held-out before/after probe as dSFT, on other prompts."""
+    return _train_and_probe(ctx, out, "dpo", probe_seed=20_000)
+
+
+def _train_and_probe(ctx: RunContext, out: Path, stage: str, probe_seed: int) -> dict:
     from . import launch, modeling
 
     modeling.set_threads()
     cfg = ctx.cfg
     init, data = model_path(ctx, cfg.init), ctx.resolve(cfg.data)
-    res = launch.train_stage("dpo", cfg, init, data, out)
+    res = launch.train_stage(stage, cfg, init, data, out)  # in-process, or accelerate launch for >1 process
     write_jsonl(out / "log_history.jsonl", res.pop("log_history"))
-    # Answers before and after DPO on held-out prompts, graded by the judge stand-in's checker.
-    rows, held_out = held_out_before_after(ctx, init, out / "model", seed=20_000 + cfg.seed, prefix="dpoprobe")
+    rows, held_out = held_out_before_after(ctx, init, out / "model", seed=probe_seed + cfg.seed, prefix=f"{stage}probe")
     metrics = {**res, **held_out}
     write_jsonl(out / "samples.jsonl", rows)
     write_json(out / "metrics.json", metrics)
