@@ -50,7 +50,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any, Collection, Iterable, Iterator, Sequence
 
-from .io import DataError, require, write_json
+from .io import DataError, iter_jsonl_numbered, require, write_json
 
 RAW_HUB_ID = "stingning/ultrachat"
 H4_HUB_ID = "HuggingFaceH4/ultrachat_200k"
@@ -145,21 +145,6 @@ def _is_hub_id(source: str) -> bool:
             and not Path(source).parent.is_dir() and Path(source).suffix not in (".jsonl", ".json", ".parquet"))
 
 
-def _iter_jsonl_numbered(path: Path) -> Iterator[tuple[int, dict]]:
-    """Yield (line number, object) for each non-blank line; errors name file and line."""
-    with path.open(encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DataError(f"{path}:{lineno}: not valid JSON: {e.msg}") from None
-            if not isinstance(row, dict):
-                raise DataError(f"{path}:{lineno}: expected a JSON object, got {type(row).__name__}")
-            yield lineno, row
-
-
 def load_raw_ultrachat(source: str | os.PathLike, *, revision: str | None = None,
                        limit: int = 0) -> Iterator[dict]:
     """Yield raw UltraChat rows from a local .jsonl (or a hub id such as ``stingning/ultrachat``).
@@ -183,7 +168,7 @@ def load_raw_ultrachat(source: str | os.PathLike, *, revision: str | None = None
     path = Path(src)
     if not path.is_file():
         raise DataError(f"{path}: no such file (expected a raw UltraChat .jsonl or the hub id {RAW_HUB_ID})")
-    for n, (lineno, row) in enumerate(_iter_jsonl_numbered(path)):
+    for n, (lineno, row) in enumerate(iter_jsonl_numbered(path)):
         if limit and n >= limit:
             return
         require(row, "id", str, f"{path}:{lineno}")
@@ -580,7 +565,7 @@ def _read_200k_file(path: Path, kind: str | None, validate: bool):
         rows = pq.read_table(path).to_pylist()
         numbered = [(f"{path} row {i}", r) for i, r in enumerate(rows)]
     elif path.suffix in (".jsonl", ".json"):
-        numbered = [(f"{path}:{n}", r) for n, r in _iter_jsonl_numbered(path)]
+        numbered = [(f"{path}:{n}", r) for n, r in iter_jsonl_numbered(path)]
     else:
         raise DataError(f"{path}: unsupported file type (expected .parquet or .jsonl)")
     if validate:

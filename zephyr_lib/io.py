@@ -60,8 +60,8 @@ def read_json(path: str | os.PathLike) -> Any:
         raise DataError(f"{path}: not valid JSON (line {e.lineno}, column {e.colno}): {e.msg}") from None
 
 
-def iter_jsonl(path: str | os.PathLike) -> Iterator[dict]:
-    """Yield one dict per non-blank line; a bad line raises DataError naming file and line."""
+def iter_jsonl_numbered(path: str | os.PathLike) -> Iterator[tuple[int, dict]]:
+    """Yield (line number, dict) per non-blank line; a bad line raises DataError naming file and line."""
     path = Path(path)
     with path.open(encoding="utf-8") as f:
         for lineno, line in enumerate(f, 1):
@@ -73,7 +73,13 @@ def iter_jsonl(path: str | os.PathLike) -> Iterator[dict]:
                 raise DataError(f"{path}:{lineno}: not valid JSON: {e.msg}") from None
             if not isinstance(row, dict):
                 raise DataError(f"{path}:{lineno}: expected a JSON object, got {type(row).__name__}")
-            yield row
+            yield lineno, row
+
+
+def iter_jsonl(path: str | os.PathLike) -> Iterator[dict]:
+    """Yield one dict per non-blank line; a bad line raises DataError naming file and line."""
+    for _, row in iter_jsonl_numbered(path):
+        yield row
 
 
 def read_jsonl(path: str | os.PathLike) -> list[dict]:

@@ -7,12 +7,11 @@ their page from the stored artifacts, so a cached run renders the same page.
 """
 from __future__ import annotations
 
-import json
 import random
 from pathlib import Path
 
 from . import curate as cur
-from .io import read_json, write_json, write_jsonl
+from .io import read_jsonl, write_json, write_jsonl
 from .store import RunContext
 from .toyworld import World, assess, make_agent, write_dialogues
 
@@ -163,10 +162,6 @@ def model_path(ctx: RunContext, ref: str) -> Path:
     """A model reference ('sft', 'dpo@2') -> its local folder. A paper-scale base run's folder holds
     the tokenizer and a pointer to the hub weights (modeling.weights_source)."""
     return ctx.resolve(ref)
-
-
-def load_log(path: Path) -> list[dict]:
-    return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
 
 
 # ---- shared: answerers and the judge ------------------------------------------------------
@@ -560,14 +555,14 @@ def build_results(ctx: RunContext, out: Path) -> dict:
     alpha_beta = {}
     for name in ("sft_alpha", "sft"):
         if name in ctx.profile.runs and have(name, "mt_bench"):
-            answers = [json.loads(x)["answer"] for x in (ev.dir / name / "mt_bench" / "predictions.jsonl").read_text().splitlines() if x.strip()]
+            answers = [r["answer"] for r in read_jsonl(ev.dir / name / "mt_bench" / "predictions.jsonl")]
             rates = cur.defect_rates(answers)
             alpha_beta[name] = {"data": ctx.profile.runs[name].config.data, **rates, "mt_bench": em[name]["mt_bench"]["overall"]}
     # Figure 3: DPO reward accuracy over steps
     dpo_log = []
     if cfg.dpo in ctx.profile.runs:
         dctx = ev.upstream(cfg.dpo)
-        dpo_log = [json.loads(x) for x in (dctx.dir / "log_history.jsonl").read_text().splitlines() if x.strip()]
+        dpo_log = read_jsonl(dctx.dir / "log_history.jsonl")
     sweep = []
     for name in cfg.sweep:
         if have(name, "mt_bench"):

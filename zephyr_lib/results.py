@@ -6,9 +6,10 @@ reproduced") are computed from the numbers by :func:`verdict`; none is written b
 """
 from __future__ import annotations
 
-import json
 import random
 from pathlib import Path
+
+from .io import read_jsonl
 
 # ---- the paper's numbers (PAPER.md §3) ------------------------------------------------------
 PAPER_TABLE1 = {  # model: (MT-Bench, AlpacaEval win %, ± se)
@@ -31,7 +32,7 @@ def per_question(eval_dir: Path, model: str, bench: str) -> dict:
     """{question key: score} from an eval run's predictions (MT-Bench: mean of kept turns; AlpacaEval:
     preference − 1 with draws 0.5, dropped rows left out)."""
     path = Path(eval_dir) / model / bench / "predictions.jsonl"
-    rows = [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
+    rows = read_jsonl(path)
     out: dict = {}
     if bench == "mt_bench":
         for r in rows:

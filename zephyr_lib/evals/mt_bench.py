@@ -32,7 +32,7 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
-from zephyr_lib.io import DataError, atomic_write_bytes, iter_jsonl, require, write_jsonl
+from zephyr_lib.io import DataError, atomic_write_bytes, iter_jsonl_numbered, require, write_jsonl
 
 # --------------------------------------------------------------------------------------------
 # Constants (values as in fastchat/llm_judge/common.py and gen_model_answer.py)
@@ -102,7 +102,7 @@ def load_questions(path: str | Path) -> list[dict]:
     turns = 2 strings, optional reference = list of strings, ids unique)."""
     path = Path(path)
     questions, seen = [], {}
-    for lineno, row in _numbered_rows(path):
+    for lineno, row in iter_jsonl_numbered(path):
         where = f"{path}:{lineno}"
         qid = _require_int(row, "question_id", where)
         require(row, "category", str, where)
@@ -118,18 +118,11 @@ def load_questions(path: str | Path) -> list[dict]:
     return questions
 
 
-def _numbered_rows(path: Path) -> Iterable[tuple[int, dict]]:
-    """(line number, row) pairs of a jsonl file, blank lines skipped like iter_jsonl does."""
-    with path.open(encoding="utf-8") as f:
-        lines = [i for i, line in enumerate(f, 1) if line.strip()]
-    return zip(lines, iter_jsonl(path))
-
-
 def load_judge_prompts(path: str | Path) -> dict[str, dict]:
     """Load ``judge_prompts.jsonl`` as {name: record} (FastChat ``load_judge_prompts``)."""
     path = Path(path)
     prompts: dict[str, dict] = {}
-    for lineno, row in _numbered_rows(path):
+    for lineno, row in iter_jsonl_numbered(path):
         where = f"{path}:{lineno}"
         name = require(row, "name", str, where)
         for field in ("type", "system_prompt", "prompt_template", "output_format"):
@@ -155,7 +148,7 @@ def load_answers(path: str | Path) -> dict[int, dict]:
     """Load a ``model_answer`` jsonl file as {question_id: record}; ids must be unique."""
     path = Path(path)
     answers: dict[int, dict] = {}
-    for lineno, row in _numbered_rows(path):
+    for lineno, row in iter_jsonl_numbered(path):
         where = f"{path}:{lineno}"
         _check_answer_row(row, where)
         qid = row["question_id"]
@@ -582,7 +575,7 @@ def load_judgments(path: str | Path) -> list[dict]:
     """Load a single-judgment jsonl file, checking every row."""
     path = Path(path)
     rows = []
-    for lineno, row in _numbered_rows(path):
+    for lineno, row in iter_jsonl_numbered(path):
         _check_judgment(row, f"{path}:{lineno}")
         rows.append(row)
     return rows
