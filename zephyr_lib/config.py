@@ -399,9 +399,6 @@ class Run:
     config: Any
     upstream: tuple[str, ...]
 
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self.config)
-
 
 @dataclass
 class Profile:

@@ -59,13 +59,6 @@ def chat_generate(model, tokenizer, conversations: list[list[dict]], *, max_new_
     return (out, stopped) if return_stopped else out
 
 
-def stopped_rate(model, tokenizer, conversations: list[list[dict]], max_new_tokens: int = 96) -> float:
-    """Fraction of greedy answers that end with eos within `max_new_tokens` (the model stops by itself)."""
-    _, stopped = chat_generate(model, tokenizer, conversations, max_new_tokens=max_new_tokens,
-                               desc=False, return_stopped=True)
-    return sum(stopped) / max(1, len(stopped))
-
-
 class ModelAgent:
     """A trained model behind the same interface as the toy world's agents."""
 
