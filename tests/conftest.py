@@ -1,6 +1,8 @@
 """Shared fixtures: the reference-data folder and a tiny trained-from-scratch model."""
 from __future__ import annotations
 
+import contextlib
+import threading
 from pathlib import Path
 
 import pytest
@@ -43,3 +45,16 @@ def tiny_chat_data(tmp_path_factory) -> Path:
     dialogues = write_dialogues(w, make_agent(w, "teacher_strong"), tasks)
     dsd = curate.split_dataset([curate.to_ultrachat_200k_row(d) for d in dialogues], test_frac=0.1, seed=0)
     return curate.save_dataset(dsd, tmp_path_factory.mktemp("chat") / "beta")
+
+
+@contextlib.contextmanager
+def serving(server):
+    """Run a loopback http.server on a thread for the duration of the block, then shut it down."""
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    try:
+        yield server
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=5)
