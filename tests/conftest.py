@@ -22,7 +22,7 @@ def reference_data() -> Path:
 def tiny_base(tmp_path_factory) -> Path:
     """A tokenizer trained on toy-world text and a tiny random-init MistralForCausalLM, saved."""
     from zephyr_lib import modeling
-    from zephyr_lib.config import BaseConfig
+    from zephyr_lib.stages.base import BaseConfig
     from zephyr_lib.toyworld import World
 
     out = tmp_path_factory.mktemp("tiny_base") / "model"

@@ -10,7 +10,9 @@ import pytest
 import torch
 
 from zephyr_lib import dpo, modeling
-from zephyr_lib.config import BaseConfig, ConfigError, DPOConfig
+from zephyr_lib.config import ConfigError
+from zephyr_lib.stages.base import BaseConfig
+from zephyr_lib.stages.dpo import DPOConfig
 from zephyr_lib.feedback import prompt_id, save_binarized, to_dataset_dict
 from zephyr_lib.io import DataError
 

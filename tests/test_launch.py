@@ -11,7 +11,9 @@ import time
 import pytest
 
 from zephyr_lib import dpo, launch, sft
-from zephyr_lib.config import REPO, ConfigError, DPOConfig, SFTConfig, load_profile
+from zephyr_lib.config import REPO, ConfigError, load_profile
+from zephyr_lib.stages.dpo import DPOConfig
+from zephyr_lib.stages.sft import SFTConfig
 
 
 def _runs(profile, stage, overrides=None):
@@ -145,10 +147,11 @@ def test_launch_command_zero3_16_processes(tmp_path):
 def test_child_main_rebuilds_the_config_strictly(tmp_path):
     cfg = SFTConfig(num_processes=2, max_length=96)
     (tmp_path / "c.json").write_text(json.dumps(dataclasses.asdict(cfg)))
-    from zephyr_lib.config import STAGE_CONFIGS, build
+    from zephyr_lib.config import build
+    from zephyr_lib.stages import STAGES
     from zephyr_lib.io import read_json
 
-    assert build(STAGE_CONFIGS["sft"], read_json(tmp_path / "c.json"), "x") == cfg
+    assert build(STAGES["sft"].config, read_json(tmp_path / "c.json"), "x") == cfg
     bad = dict(dataclasses.asdict(cfg), nonsense=1)
     (tmp_path / "bad.json").write_text(json.dumps(bad))
     with pytest.raises(ConfigError, match="nonsense"):

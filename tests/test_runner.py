@@ -61,18 +61,20 @@ def test_bad_overrides_fail_before_any_work(tmp_path):
     assert not (tmp_path / "runs").exists()
 
 
-def test_unknown_and_secret_papermill_parameters_are_refused(tmp_path, monkeypatch):
+def test_notebook_parameters_are_validated_like_set(tmp_path, monkeypatch):
+    """A notebook takes profile/run/overrides/force; its overrides go through the config loader, so
+    an unknown key or a bad value fails in the first cell that does work, naming it."""
     monkeypatch.setenv("ZEPHYR_RUNS_DIR", str(tmp_path / "runs"))
     nb = REPO / "notebooks" / "01_curate.ipynb"
-    for params, needle in (({"profile": "smoke", "bogus": 1}, "bogus"),
-                           ({"profile": "smoke", "openai_api_key": "x"}, "looks like a secret")):
+    for params, needle in (({"profile": "smoke", "overrides": {"bogus": 1}}, "bogus"),
+                           ({"profile": "smoke", "overrides": {"test_fraction": 2}}, "test_fraction must be in"),
+                           ({"profile": "smoke", "overrides": {"openai_api_key": "x"}}, "looks like a secret")):
         with pytest.raises(papermill.PapermillExecutionError) as e:
             papermill.execute_notebook(str(nb), str(tmp_path / "out.ipynb"), parameters=params, cwd=str(REPO),
                                        kernel_name="python3", progress_bar=False)
         assert needle in str(e.value)
-    # a config key given directly as a papermill parameter is an override, validated
     papermill.execute_notebook(str(nb), str(tmp_path / "out.ipynb"), cwd=str(REPO), kernel_name="python3",
-                               parameters={"profile": "smoke", "n_dialogues": 60}, progress_bar=False)
+                               parameters={"profile": "smoke", "overrides": {"n_dialogues": 60}}, progress_bar=False)
     manifests = list((tmp_path / "runs" / "smoke" / "curate").glob("*/manifest.json"))
     assert [json.loads(m.read_text())["config"]["n_dialogues"] for m in manifests] == [60]
 

@@ -7,7 +7,7 @@ import pytest
 from transformers import AutoTokenizer, TrainerCallback
 
 from zephyr_lib import sft
-from zephyr_lib.config import SFTConfig
+from zephyr_lib.stages.sft import SFTConfig
 from zephyr_lib.generate import ModelAgent
 from zephyr_lib.toyworld import World
 

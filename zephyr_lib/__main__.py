@@ -13,7 +13,8 @@ import dataclasses
 import json
 import sys
 
-from .config import STAGE_CONFIGS, ConfigError, describe, load_profile
+from .config import ConfigError, describe, load_profile
+from .stages import STAGES
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -32,7 +33,7 @@ def main(argv: list[str] | None = None) -> int:
     b = sub.add_parser("book", help="check the executed pages and write provenance for the book")
     b.add_argument("--profile", default="toy")
     d = sub.add_parser("describe", help="a stage's config keys")
-    d.add_argument("stage", choices=[*STAGE_CONFIGS, "world"])
+    d.add_argument("stage", choices=[*STAGES, "world", "endpoint"])
     a = p.parse_args(argv)
     try:
         if a.cmd == "describe":

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from .config import REPO, load_profile
 from .io import atomic_write_text
-from .runner import BOOK_STAGES, NOTEBOOK_OF, _executed_hash, executed_path
+from .runner import BOOK_STAGES, _executed_hash, executed_path
 from .store import context
 
 GENERATED = BOOK_STAGES.parent / "generated"  # book/generated (follows ZEPHYR_BOOK_STAGES)
@@ -26,6 +26,7 @@ def provenance_markdown(profile) -> str:
     versions: dict = {}
     machine: dict = {}
     total = 0.0
+    per_stage: dict[str, list[float]] = {}
     for run in profile.order():
         ctx = context(profile, run.name)
         if not ctx.complete:
@@ -34,12 +35,19 @@ def provenance_markdown(profile) -> str:
         man = ctx.manifest()
         versions, machine = man["packages"], man["machine"]
         total += man["wall_time_s"]
+        per_stage.setdefault(run.stage, []).append(man["wall_time_s"])
         ups = ", ".join(f"{k} `{v}`" for k, v in man["upstream"].items()) or "–"
         commit = (man["git"]["commit"] or "unknown")[:10] + (" (dirty)" if man["git"]["dirty"] else "")
         rows.append(f"| {run.name} | {run.stage} | `{ctx.hash}` | {ups} | {man['wall_time_s']:.0f} s | "
                     f"{man['end']} | `{commit}` |")
-    out = [f"Profile **{profile.name}** (`{profile.path.relative_to(REPO)}`), {len(profile.runs)} runs, "
+    from .page import relative
+    out = [f"Profile **{profile.name}** (`{relative(profile.path)}`), {len(profile.runs)} runs, "
            f"{total / 60:.1f} min of stage time in all.", "", *rows, ""]
+    if per_stage:
+        out += ["What each stage cost in this build (from the runs' manifests: the time of the build itself, "
+                "not of a cached rerun):", "", "| stage | runs | wall time | share |", "|---|---|---|---|",
+                *[f"| {st} | {len(ts)} | {sum(ts):.0f} s | {100 * sum(ts) / max(total, 1e-9):.0f}% |"
+                  for st, ts in per_stage.items()], ""]
     if versions:
         out += ["Package versions recorded by the runs:", "",
                 "| package | version |", "|---|---|", *[f"| {k} | {v} |" for k, v in versions.items()], "",
@@ -51,12 +59,10 @@ def prepare(profile_name: str) -> list[str]:
     """Check every stage page exists for this profile's current config; write provenance."""
     profile = load_profile(profile_name)
     problems = []
-    for stage, nb in NOTEBOOK_OF.items():
-        if not (REPO / "notebooks" / f"{nb}.ipynb").exists():
-            continue
-        main = profile.runs.get(stage)
-        if main is None:
-            problems.append(f"profile {profile.name} has no run named {stage!r}: the book has a page for every stage")
+    for stage in dict.fromkeys(r.stage for r in profile.runs.values()):  # the stages the plan uses
+        if stage not in profile.runs:
+            problems.append(f"profile {profile.name} runs stage {stage!r} but has no run named {stage!r}: "
+                            "the run named like its stage is the one its page shows")
             continue
         path = executed_path(profile, stage)
         want = context(profile, stage).hash

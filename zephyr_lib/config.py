@@ -38,16 +38,73 @@ class ConfigError(ValueError):
     """A profile or override is invalid; the message names the file, stage and key."""
 
 
-def opt(default: Any, help: str, **kw: Any) -> Any:
-    """A dataclass field with a one-line description (shown by ``zephyr config``)."""
+def opt(default: Any, help: str, *, choices: tuple | None = None, ge: float | None = None,
+        gt: float | None = None, le: float | None = None, lt: float | None = None, **kw: Any) -> Any:
+    """A dataclass field with a one-line description (shown by ``zephyr describe``) and, optionally,
+    its allowed values: ``choices`` (a closed set; for a list field, of each element) and the bounds
+    ``ge``/``gt``/``le``/``lt``. :func:`build` enforces them and names the field and the value."""
+    meta = {"help": help, **kw}
+    for key, value in (("choices", choices), ("ge", ge), ("gt", gt), ("le", le), ("lt", lt)):
+        if value is not None:
+            meta[key] = tuple(value) if key == "choices" else value
     if isinstance(default, (list, dict)):
-        return field(default_factory=lambda d=default: type(d)(d), metadata={"help": help, **kw})
-    return field(default=default, metadata={"help": help, **kw})
+        return field(default_factory=lambda d=default: type(d)(d), metadata=meta)
+    return field(default=default, metadata=meta)
 
 
 def ref(default: str, help: str) -> Any:
     """A field naming an upstream run (``run``, ``run/artifact`` or ``run@epoch``)."""
     return opt(default, help, ref=True)
+
+
+def refs(default: list[str], help: str) -> Any:
+    """A list field naming upstream runs (toy-world agents such as ``teacher`` are allowed too)."""
+    return opt(default, help, ref=True)
+
+
+def endpoint(default: str, help: str) -> Any:
+    """A field naming one of the profile's endpoints (``toy`` always exists)."""
+    return opt(default, help, endpoint=True)
+
+
+@dataclass(frozen=True)
+class StageConfig:
+    """Base of every stage's config: construction enforces the fields' declared choices and bounds."""
+
+    def __post_init__(self) -> None:
+        check_values(self)
+
+
+def allowed(f: dataclasses.Field) -> str:
+    """A field's allowed values in words ('> 0', '[0, 1)', 'one of a, b'), for messages and describe."""
+    m = f.metadata
+    if "choices" in m:
+        return "one of " + ", ".join(map(str, m["choices"]))
+    lo = f"[{m['ge']:g}" if "ge" in m else f"({m['gt']:g}" if "gt" in m else None
+    hi = f"{m['le']:g}]" if "le" in m else f"{m['lt']:g})" if "lt" in m else None
+    if lo and hi:
+        return f"in {lo}, {hi}"
+    if lo:
+        return (">= " if lo[0] == "[" else "> ") + lo[1:]
+    if hi:
+        return ("<= " if hi[-1] == "]" else "< ") + hi[:-1]
+    return ""
+
+
+def check_values(obj: Any) -> None:
+    """Enforce every field's declared choices and bounds (see :func:`opt`)."""
+    for f in dataclasses.fields(obj):
+        m, v = f.metadata, getattr(obj, f.name)
+        if not any(k in m for k in ("choices", "ge", "gt", "le", "lt")) or v is None:
+            continue
+        values = v if isinstance(v, list) else [v]
+        for x in values:
+            ok = x in m["choices"] if "choices" in m else (
+                ("ge" not in m or x >= m["ge"]) and ("gt" not in m or x > m["gt"])
+                and ("le" not in m or x <= m["le"]) and ("lt" not in m or x < m["lt"]))
+            if not ok:
+                paper = f"; the paper: {m['paper']!r}" if "paper" in m else ""
+                raise ConfigError(f"{f.name} must be {allowed(f)}, got {x!r}{paper}")
 
 
 # --------------------------------------------------------------------------------------------
@@ -59,249 +116,54 @@ class WorldConfig:
     """The toy world: a fictional knowledge base, task generator, teacher and judge stand-ins."""
 
     seed: int = opt(1234, "Seed of the world itself (entities, facts); independent of training seeds.")
-    n_entities: int = opt(40, "Number of fictional entities in the knowledge base.")
-    n_unknown: int = opt(12, "Names of entities that do NOT exist (honest answer: say so).")
-    teacher_wrong_rate: float = opt(0.08, "Teacher (GPT-3.5 stand-in): rate of wrong answers.")
-    teacher_ignore_rate: float = opt(0.10, "Teacher: rate of ignoring an explicit constraint.")
-    teacher_lowercase_rate: float = opt(0.05, "Teacher: rate of dialogues with lower-cased sentence starts.")
-    teacher_boilerplate_rate: float = opt(0.35, "Teacher: rate of 'As an AI…' prefaces on plain fact questions.")
+    n_entities: int = opt(40, "Number of fictional entities in the knowledge base.", ge=1)
+    n_unknown: int = opt(12, "Names of entities that do NOT exist (honest answer: say so).", ge=0)
+    teacher_wrong_rate: float = opt(0.08, "Teacher (GPT-3.5 stand-in): rate of wrong answers.", ge=0, le=1)
+    teacher_ignore_rate: float = opt(0.10, "Teacher: rate of ignoring an explicit constraint.", ge=0, le=1)
+    teacher_lowercase_rate: float = opt(0.05, "Teacher: rate of dialogues with lower-cased sentence starts.", ge=0, le=1)
+    teacher_boilerplate_rate: float = opt(0.35, "Teacher: rate of 'As an AI…' prefaces on plain fact questions.", ge=0, le=1)
 
     def __post_init__(self) -> None:
-        _check_rates(self, "teacher_wrong_rate", "teacher_ignore_rate", "teacher_lowercase_rate",
-                     "teacher_boilerplate_rate")
-        _check_positive(self, "n_entities")
+        check_values(self)
 
 
 @dataclass(frozen=True)
-class BaseConfig:
-    """Stage `base`: a tokenizer and a small Mistral trained from scratch, or a pretrained model."""
+class EndpointConfig:
+    """A model behind an API that a stage calls: the teacher (curate), the judge (aif, eval).
 
-    pretrained: str = opt("", "Hub id or local path of a pretrained base model (paper: mistralai/Mistral-7B-v0.1); empty = train from scratch on the toy world.")
-    revision: str = opt("", "Hub revision of `pretrained` (empty = default branch).")
-    vocab_size: int = opt(1024, "BPE vocabulary size asked for (small corpora yield fewer).")
-    hidden_size: int = opt(192, "MistralConfig.hidden_size.")
-    intermediate_size: int = opt(512, "MistralConfig.intermediate_size.")
-    num_hidden_layers: int = opt(6, "MistralConfig.num_hidden_layers.")
-    num_attention_heads: int = opt(6, "MistralConfig.num_attention_heads.")
-    num_key_value_heads: int = opt(2, "MistralConfig.num_key_value_heads (grouped-query attention, as Mistral).")
-    max_position_embeddings: int = opt(512, "Longest sequence the model supports.")
-    n_docs: int = opt(12000, "Pretraining documents generated from the toy world.")
-    seq_len: int = opt(128, "Pretraining block length in tokens.")
-    num_train_epochs: float = opt(2.0, "Pretraining epochs over the document blocks.")
-    learning_rate: float = opt(2e-3, "Peak AdamW learning rate (cosine schedule).")
-    warmup_ratio: float = opt(0.05, "Fraction of steps of linear warmup.")
-    batch_size: int = opt(32, "Blocks per optimizer step.")
-    seed: int = opt(0, "Training seed.")
+    A profile names its endpoints once (``endpoints: {gpt4: {kind: openai, model: gpt-4-0613}}``) and
+    stages refer to them by name (``aif.judge: gpt4``); the endpoint ``toy`` (the toy world's
+    stand-ins) always exists. An endpoint's fields enter the hash of every run that uses it.
+    """
+
+    kind: str = opt("toy", "'toy' (the toy world's labelled stand-ins), 'openai' (any OpenAI-compatible API) or 'vllm' (a local vLLM server's OpenAI-compatible API).",
+                    choices=("toy", "openai", "vllm"))
+    model: str = opt("", "Model name sent with every request (paper: gpt-4-0613 as judge, gpt-3.5-turbo as teacher).")
+    base_url: str = opt("", "Base URL (empty: https://api.openai.com/v1 for 'openai', http://localhost:8000/v1 for 'vllm').")
+    api_key_env: str = opt("OPENAI_API_KEY", "NAME of the environment variable holding the key (never the key itself; a vLLM server without --api-key accepts any value).")
+    concurrency: int = opt(8, "Requests in flight at once.", ge=1)
 
     def __post_init__(self) -> None:
-        _check_positive(self, "vocab_size", "hidden_size", "num_hidden_layers", "n_docs", "seq_len",
-                        "num_train_epochs", "learning_rate", "batch_size")
-        if self.hidden_size % self.num_attention_heads or self.num_attention_heads % self.num_key_value_heads:
-            raise ConfigError("base: hidden_size must divide by num_attention_heads, and heads by num_key_value_heads")
-
-
-@dataclass(frozen=True)
-class CurateConfig:
-    """Stage `curate`: the UltraChat-style corpus (α, raw) and its curated version (β)."""
-
-    source: str = opt("toy", "'toy' (the teacher stand-in writes the corpus), 'api' (a real teacher writes it from teacher_seeds), or a raw UltraChat .jsonl path or hub id (stingning/ultrachat).")
-    teacher_seeds: str = opt("", "source 'api': a text file (path or URL) of topics or opening questions, one per line.", hash_omit_default=True)
-    teacher_model: str = opt("gpt-3.5-turbo", "source 'api': the teacher model (the paper: GPT-3.5-turbo).", hash_omit_default=True)
-    teacher_base_url: str = opt("https://api.openai.com/v1", "source 'api': OpenAI-compatible base URL (e.g. a vLLM server).", hash_omit_default=True)
-    teacher_api_key_env: str = opt("OPENAI_API_KEY", "source 'api': NAME of the environment variable holding the key.", hash_omit_default=True)
-    n_dialogues: int = opt(3000, "Dialogues the teacher writes (toy) or rows read (real data, 0 = all).")
-    max_followups: int = opt(1, "Most self-prompted follow-up turns per dialogue (UltraChat's loop).")
-    truecase: bool = opt(True, "Apply truecasing heuristics for β.")
-    filter_boilerplate: bool = opt(True, "Drop dialogues whose assistant turns contain a boilerplate phrase, for β.")
-    dedup: bool = opt(True, "Drop exact duplicate dialogues.")
-    boilerplate_phrases: list[str] = opt([], "Phrases that mark boilerplate (empty = the library's default list).")
-    test_fraction: float = opt(0.05, "Fraction of dialogues held out for test_sft / test_gen.")
-    seed: int = opt(0, "Seed for generation and splits.")
-
-    def __post_init__(self) -> None:
-        _check_rates(self, "test_fraction")
-        if self.n_dialogues < 0:
-            raise ConfigError("curate.n_dialogues must be >= 0")
-
-
-@dataclass(frozen=True)
-class SFTConfig:
-    """Stage `sft`: distilled supervised fine-tuning with TRL's SFTTrainer."""
-
-    init: str = ref("base", "Run whose model is fine-tuned (base, or sft for dSFT-2).")
-    data: str = ref("curate/beta", "Dataset: curate/beta, curate/alpha, or aif/sft (chosen answers, dSFT-2).")
-    learning_rate: float = opt(2e-5, "Peak learning rate (paper: 2e-5).")
-    lr_scheduler_type: str = opt("cosine", "Schedule shape (paper: cosine).")
-    warmup_ratio: float = opt(0.1, "Warmup fraction (paper: 0.1).")
-    num_train_epochs: float = opt(1.0, "Epochs (paper tried 1–3, final 1).")
-    per_device_train_batch_size: int = opt(16, "Batch per device.")
-    gradient_accumulation_steps: int = opt(1, "Accumulation steps; global batch = per-device × accumulation × processes.")
-    num_processes: int = opt(1, "Processes (GPUs); >1 launches through accelerate.")
-    max_length: int = opt(256, "Longest tokenized example (packing: block length).")
-    packing: bool = opt(False, "Pack examples into blocks (paper) instead of padding; packing trains on all tokens.")
-    assistant_only_loss: bool = opt(True, "Loss on assistant tokens only (ignored when packing).")
-    weight_decay: float = opt(0.0, "AdamW weight decay (paper: none).")
-    max_train_samples: int = opt(0, "Use at most this many training dialogues (0 = all).")
-    logging_steps: int = opt(10, "Log every N optimizer steps.")
-    eval_steps: int = opt(50, "Evaluate on test_sft every N steps.")
-    save_steps: int = opt(100, "Checkpoint every N steps (resume after a kill).")
-    bf16: bool = opt(False, "bfloat16 training (GPUs; CPUs here have no fast bf16 path).")
-    activation_checkpointing: bool = opt(False, "Activation (gradient) checkpointing: saves memory, costs 20-35% time.")
-    accelerate_config: str = opt("", "accelerate config file for multi-process runs (e.g. configs/accelerate/zero3.yaml).")
-    use_peft: bool = opt(False, "Train LoRA adapters (peft) instead of all weights, for smaller GPUs; needs `pip install peft`.", hash_omit_default=True)
-    lora_r: int = opt(16, "LoRA rank (use_peft).", hash_omit_default=True)
-    lora_alpha: int = opt(32, "LoRA scaling alpha (use_peft).", hash_omit_default=True)
-    lora_dropout: float = opt(0.05, "LoRA dropout (use_peft).", hash_omit_default=True)
-    lora_target_modules: list[str] = opt(["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
-                                         "Modules that get LoRA adapters (use_peft; Mistral's attention and MLP projections).", hash_omit_default=True)
-    load_in_4bit: bool = opt(False, "QLoRA: load the frozen base weights in 4-bit NF4 (use_peft, CUDA only); needs `pip install bitsandbytes`.", hash_omit_default=True)
-    seed: int = opt(0, "Training seed.")
-
-    def __post_init__(self) -> None:
-        _check_positive(self, "learning_rate", "num_train_epochs", "per_device_train_batch_size",
-                        "gradient_accumulation_steps", "num_processes", "max_length")
-        _check_rates(self, "warmup_ratio")
+        check_values(self)
+        if self.kind != "toy" and not self.model:
+            raise ConfigError(f"an endpoint of kind {self.kind!r} needs a model name")
 
     @property
-    def global_batch_size(self) -> int:
-        return self.per_device_train_batch_size * self.gradient_accumulation_steps * self.num_processes
+    def url(self) -> str:
+        return self.base_url or {"openai": "https://api.openai.com/v1", "vllm": "http://localhost:8000/v1"}.get(self.kind, "")
 
 
-@dataclass(frozen=True)
-class AIFConfig:
-    """Stage `aif`: UltraFeedback-style AI feedback (pool answers, judge ratings, binarization)."""
-
-    source: str = opt("toy", "'toy', a raw openbmb/UltraFeedback path or hub id, or an ultrafeedback_binarized path or hub id.")
-    revision: str = opt("", "Hub revision of `source` (paper: ultrafeedback_binarized @ 292c163…).")
-    policy: str = ref("sft", "dSFT run whose model joins the pool.")
-    base: str = ref("base", "Base run whose model joins the pool.")
-    n_prompts: int = opt(600, "Prompts to answer and rate (toy) or rows to read (real, 0 = all).")
-    pool: list[str] = opt(["teacher_strong", "teacher", "teacher_sloppy", "teacher_verbose", "policy", "base"],
-                          "Pool members; each prompt gets answers from 4 of them.")
-    completions_per_prompt: int = opt(4, "Answers per prompt (UltraFeedback: 4).")
-    rule: str = opt("overall", "Binarization: 'overall' (the dataset's code) or 'mean_aspects' (Argilla's, ties dropped).")
-    binarize_seed: int = opt(42, "Seed for picking the rejected answer (the dataset's code: 42).")
-    drop_identical: bool = opt(True, "Drop pairs whose chosen and rejected answers are the same text (no DPO signal; counted).")
-    test_fraction: float = opt(0.1, "Fraction of pairs held out as test_prefs.")
-    max_new_tokens: int = opt(96, "Generation length for model pool members.")
-    temperature: float = opt(0.7, "Sampling temperature for model pool members.")
-    judge: str = opt("toy", "'toy' (the GPT-4 stand-in) or 'openai' (any OpenAI-compatible endpoint).")
-    judge_model: str = opt("gpt-4-0613", "Model name sent to a real judge.")
-    judge_base_url: str = opt("https://api.openai.com/v1", "Base URL of a real judge.")
-    judge_api_key_env: str = opt("OPENAI_API_KEY", "NAME of the environment variable holding the judge's key.")
-    seed: int = opt(0, "Seed for prompts and pool sampling.")
-
-    def __post_init__(self) -> None:
-        _check_choice(self, "rule", ("overall", "mean_aspects"))
-        _check_choice(self, "judge", ("toy", "openai"))
-        _check_rates(self, "test_fraction")
-        if self.completions_per_prompt < 2 or self.completions_per_prompt > len(self.pool):
-            raise ConfigError("aif.completions_per_prompt must be between 2 and the pool size")
-
-
-@dataclass(frozen=True)
-class DPOConfig:
-    """Stage `dpo`: distilled DPO with TRL's DPOTrainer; the reference is a frozen copy of `init`."""
-
-    init: str = ref("sft", "Run whose model is the policy's start and the frozen reference (sft, or base for the ablation).")
-    data: str = ref("aif", "Preference data run (ultrafeedback_binarized schema).")
-    beta: float = opt(0.1, "DPO β (paper: 0.1; handbook: 0.01).")
-    learning_rate: float = opt(5e-7, "Peak learning rate (paper: 5e-7).")
-    lr_scheduler_type: str = opt("linear", "Schedule shape (paper: linear; handbook: cosine).")
-    warmup_ratio: float = opt(0.1, "Warmup fraction.")
-    num_train_epochs: float = opt(3.0, "Epochs (paper: 3; handbook: 1).")
-    per_device_train_batch_size: int = opt(8, "Pairs per device per step.")
-    gradient_accumulation_steps: int = opt(1, "Accumulation; global batch = per-device × accumulation × processes.")
-    num_processes: int = opt(1, "Processes (GPUs); >1 launches through accelerate.")
-    max_length: int = opt(256, "Longest prompt + completion in tokens (paper: 1024).")
-    max_prompt_length: int = opt(128, "Prompt budget inside max_length (paper: 512); longer prompts keep their end.")
-    loss_type: str = opt("sigmoid", "TRL loss type (the paper's loss is 'sigmoid').")
-    optim: str = opt("adamw_torch", "Optimizer name (the first handbook config used rmsprop).")
-    logging_steps: int = opt(5, "Log every N steps.")
-    eval_steps: int = opt(20, "Evaluate on test_prefs every N steps.")
-    save_per_epoch: bool = opt(True, "Save a model after every epoch (Figure 3: MT-Bench vs epochs).")
-    bf16: bool = opt(False, "bfloat16 training.")
-    activation_checkpointing: bool = opt(False, "Activation (gradient) checkpointing.")
-    accelerate_config: str = opt("", "accelerate config file for multi-process runs.")
-    use_peft: bool = opt(False, "Train LoRA adapters (peft) instead of all weights, for smaller GPUs; needs `pip install peft`.", hash_omit_default=True)
-    lora_r: int = opt(16, "LoRA rank (use_peft).", hash_omit_default=True)
-    lora_alpha: int = opt(32, "LoRA scaling alpha (use_peft).", hash_omit_default=True)
-    lora_dropout: float = opt(0.05, "LoRA dropout (use_peft).", hash_omit_default=True)
-    lora_target_modules: list[str] = opt(["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
-                                         "Modules that get LoRA adapters (use_peft; Mistral's attention and MLP projections).", hash_omit_default=True)
-    load_in_4bit: bool = opt(False, "QLoRA: load the frozen base weights in 4-bit NF4 (use_peft, CUDA only); needs `pip install bitsandbytes`.", hash_omit_default=True)
-    seed: int = opt(0, "Training seed.")
-
-    def __post_init__(self) -> None:
-        _check_positive(self, "beta", "learning_rate", "num_train_epochs", "per_device_train_batch_size",
-                        "gradient_accumulation_steps", "num_processes", "max_length", "max_prompt_length")
-        if self.max_prompt_length >= self.max_length:
-            raise ConfigError("dpo.max_prompt_length must be smaller than dpo.max_length")
-
-    @property
-    def global_batch_size(self) -> int:
-        return self.per_device_train_batch_size * self.gradient_accumulation_steps * self.num_processes
-
-
-@dataclass(frozen=True)
-class EvalConfig:
-    """Stage `eval`: MT-Bench, AlpacaEval (v1) and the Open LLM Leaderboard tasks for several models."""
-
-    models: list[str] = opt(["base", "sft", "dpo", "teacher"], "Runs (or run@epoch, or toy agents 'teacher', 'reference') to evaluate.")
-    benchmarks: list[str] = opt(["mt_bench", "alpaca_eval", "leaderboard"], "Which benchmarks to run.")
-    mt_bench_questions: str = opt("toy", "'toy' or a FastChat question.jsonl path/URL.")
-    mt_bench_references: str = opt("", "FastChat reference answers (reference_answer/gpt-4.jsonl) for math, reasoning, coding; toy: the world's answers.")
-    judge_prompts: str = opt("", "FastChat judge_prompts.jsonl path (empty = the toy profile's prompts in FastChat's schema and layouts).")
-    alpaca_eval_set: str = opt("toy", "'toy' or an AlpacaEval eval-set JSON path/URL (805 instructions with text-davinci-003 outputs).")
-    leaderboard_tasks: str = opt("toy", "'toy' (the toy world's four tasks) or 'paper' (arc_challenge, hellaswag, mmlu, truthfulqa_mc2 with the leaderboard v1 settings).")
-    mt_bench_pairwise_baseline: str = opt("", "Also run MT-Bench's pairwise mode: every other model against this one, both orders, disagreement = tie (empty = off).", hash_omit_default=True)
-    n_alpaca: int = opt(200, "Toy AlpacaEval instructions (real set: all 805).")
-    n_leaderboard: int = opt(200, "Toy questions per leaderboard task.")
-    max_new_tokens: int = opt(128, "Generation length (FastChat: 1024).")
-    batch_size: int = opt(32, "Generation batch size.")
-    n_bootstrap: int = opt(1000, "Bootstrap resamples for 95% intervals.")
-    judge: str = opt("toy", "'toy' or 'openai'.")
-    judge_model: str = opt("gpt-4-0613", "Model name sent to a real judge (paper: GPT-4).")
-    judge_base_url: str = opt("https://api.openai.com/v1", "Base URL of a real judge.")
-    judge_api_key_env: str = opt("OPENAI_API_KEY", "NAME of the environment variable holding the judge's key.")
-    seed: int = opt(0, "Sampling seed.")
-
-    def __post_init__(self) -> None:
-        _check_choice(self, "judge", ("toy", "openai"))
-        _check_choice(self, "leaderboard_tasks", ("toy", "paper"))
-        for b in self.benchmarks:
-            if b not in ("mt_bench", "alpaca_eval", "leaderboard"):
-                raise ConfigError(f"eval.benchmarks: unknown benchmark {b!r}")
-
-
-@dataclass(frozen=True)
-class ResultsConfig:
-    """Stage `results`: the paper's tables and figures beside this run's."""
-
-    eval: str = ref("eval", "The eval run whose metrics and predictions feed the tables.")
-    table1: list[str] = opt(["base", "sft_alpha", "sft", "dpo", "teacher", "reference"],
-                            "Models of the Table 1/2 analogue, in order (runs or toy agents).")
-    ablation: list[str] = opt(["dDPO − dSFT=dpo_base", "dSFT-1=sft", "dSFT-2=sft2", "dDPO + dSFT=dpo_1ep"],
-                              "Table 3 arms as 'arm=run' (the paper's arm names).")
-    epochs: list[str] = opt(["sft", "dpo@1", "dpo@2", "dpo"], "Models of the MT-Bench-vs-DPO-epochs curve (Figure 3).")
-    dpo: str = opt("dpo", "The DPO run whose training curves Figure 3 shows.")
-    sweep: list[str] = opt([], "DPO runs compared with their dSFT start (what was tried when dDPO > dSFT did not reproduce).")
-    n_bootstrap: int = opt(2000, "Paired-bootstrap resamples for differences between models.")
-    seed: int = opt(0, "Bootstrap seed.")
-
-
-STAGE_CONFIGS: dict[str, type] = {
-    "base": BaseConfig, "curate": CurateConfig, "sft": SFTConfig, "aif": AIFConfig,
-    "dpo": DPOConfig, "eval": EvalConfig, "results": ResultsConfig,
-}
-# Runs of these stages depend on other runs through fields marked ref=True; a list field
-# (eval.models, results.evals) lists runs too.
-LIST_REFS = {("eval", "models")}
+TOY_ENDPOINT = EndpointConfig()
 TOY_AGENTS = ("teacher", "reference")  # toy-world programs that can be evaluated like models
 # The toy judge's version: part of the hash of every run it grades (aif, eval), so changing how it
 # grades reruns them instead of reusing stale verdicts (its cache is keyed by this name too).
 TOY_JUDGE_VERSION = "toy-judge-v2"
 
+
+def stage_configs() -> dict[str, type]:
+    """Stage name -> its config dataclass, from the one registry (zephyr_lib.stages.STAGES)."""
+    from .stages import STAGES
+    return {name: s.config for name, s in STAGES.items()}
 
 # --------------------------------------------------------------------------------------------
 # Coercion
@@ -408,6 +270,7 @@ class Profile:
     world: WorldConfig
     runs: dict[str, Run]
     raw: dict
+    endpoints: dict[str, EndpointConfig] = field(default_factory=dict)
 
     def order(self, only: list[str] | None = None) -> list[Run]:
         """Runs in dependency order; with `only`, those runs plus everything they need."""
@@ -447,15 +310,22 @@ def ref_run(value: str) -> str:
     return re.split(r"[/@]", value, maxsplit=1)[0]
 
 
-def _refs(stage: str, cfg: Any) -> list[str]:
+def _refs(cfg: Any) -> list[str]:
+    """The upstream runs a config names through its ref fields (toy-world agents are not runs)."""
     out = []
     for f in dataclasses.fields(cfg):
+        if not f.metadata.get("ref"):
+            continue
         v = getattr(cfg, f.name)
-        if f.metadata.get("ref") and v:
-            out.append(ref_run(v))
-        elif (stage, f.name) in LIST_REFS:
-            out.extend(ref_run(x) for x in v if ref_run(x) not in TOY_AGENTS)
+        for x in (v if isinstance(v, list) else [v] if v else []):
+            if ref_run(x) not in TOY_AGENTS and not x.startswith("endpoint:"):
+                out.append(ref_run(x))
     return out
+
+
+def endpoint_names(cfg: Any) -> list[str]:
+    """The endpoints a config names (fields declared with :func:`endpoint`)."""
+    return [getattr(cfg, f.name) for f in dataclasses.fields(cfg) if f.metadata.get("endpoint") and getattr(cfg, f.name)]
 
 
 def _hash(profile: Profile, name: str, memo: dict) -> str:
@@ -468,8 +338,12 @@ def _hash(profile: Profile, name: str, memo: dict) -> str:
         "world": dataclasses.asdict(profile.world),
         "upstream": {u: _hash(profile, u, memo) for u in run.upstream},
     }
-    if getattr(run.config, "judge", None) == "toy":
+    used = endpoint_names(run.config)
+    if "toy" in used:
         payload["judge"] = TOY_JUDGE_VERSION
+    real = {e: dataclasses.asdict(profile.endpoints[e]) for e in used if e != "toy"}
+    if real:
+        payload["endpoints"] = real
     memo[name] = config_hash(payload)
     return memo[name]
 
@@ -511,17 +385,23 @@ def load_profile(profile: str, overrides: list[str] | dict | None = None) -> Pro
         raw = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as e:
         raise ConfigError(f"{path}: not valid YAML: {e}") from None
-    known = {"seed", "world", "stages", "runs", "description"}
+    known = {"seed", "world", "endpoints", "stages", "runs", "description"}
     unknown = sorted(set(raw) - known)
     if unknown:
         raise ConfigError(f"{path}: unknown top-level key(s) {unknown}; known: {sorted(known)}")
+    configs = stage_configs()
     seed = _coerce(raw.get("seed", 0), int, f"{path}: seed")
     world = build(WorldConfig, raw.get("world") or {}, f"{path}: world")
+    endpoints = {"toy": TOY_ENDPOINT}
+    for ename, spec in (raw.get("endpoints") or {}).items():
+        if ename == "toy":
+            raise ConfigError(f"{path}: endpoints: the name 'toy' is reserved for the toy world's stand-ins")
+        endpoints[ename] = build(EndpointConfig, spec or {}, f"{path}: endpoint {ename!r}")
     stages = raw.get("stages") or {}
     for s in stages:
-        if s not in STAGE_CONFIGS:
-            raise ConfigError(f"{path}: stages: unknown stage {s!r}; stages: {', '.join(STAGE_CONFIGS)}")
-    plan = raw.get("runs") or {s: {} for s in STAGE_CONFIGS}
+        if s not in configs:
+            raise ConfigError(f"{path}: stages: unknown stage {s!r}; stages: {', '.join(configs)}")
+    plan = raw.get("runs") or {s: {} for s in configs}
 
     ov: dict[str, dict] = {}
     if isinstance(overrides, dict):
@@ -538,9 +418,9 @@ def load_profile(profile: str, overrides: list[str] | dict | None = None) -> Pro
     for name, spec in plan.items():
         spec = dict(spec or {})
         stage = spec.pop("stage", name)
-        if stage not in STAGE_CONFIGS:
-            raise ConfigError(f"{path}: run {name!r}: unknown stage {stage!r}; stages: {', '.join(STAGE_CONFIGS)}")
-        cls = STAGE_CONFIGS[stage]
+        if stage not in configs:
+            raise ConfigError(f"{path}: run {name!r}: unknown stage {stage!r}; stages: {', '.join(configs)}")
+        cls = configs[stage]
         values = {}
         if "seed" in {f.name for f in dataclasses.fields(cls)}:
             values["seed"] = seed
@@ -551,46 +431,34 @@ def load_profile(profile: str, overrides: list[str] | dict | None = None) -> Pro
         if name in ov:
             refuse_secret_names(ov[name])
             values.update(ov[name])
-            base_cfg = build(cls, values, f"override of run {name!r} (stage {stage}, profile {path.name})")
+            where = f"override of run {name!r} (stage {stage}, profile {path.name})"
+            base_cfg = build(cls, values, where)
+        for e in endpoint_names(base_cfg):
+            if e not in endpoints:
+                raise ConfigError(f"{where}: endpoint {e!r} is not defined; endpoints of this profile: "
+                                  f"{', '.join(endpoints)} (add it under `endpoints:`)")
         runs[name] = Run(name, stage, base_cfg, ())
     for name, run in list(runs.items()):
-        ups = _refs(run.stage, run.config)
+        ups = _refs(run.config)
         for u in ups:
             if u not in runs:
                 raise ConfigError(f"{path}: run {name!r} refers to run {u!r}, which the plan does not have")
         runs[name] = Run(name, run.stage, run.config, tuple(dict.fromkeys(ups)))
-    prof = Profile(path.stem, path, seed, world, runs, raw)
+    prof = Profile(path.stem, path, seed, world, runs, raw, endpoints)
     prof.order()  # raises on cycles
     return prof
 
 
 def describe(stage: str) -> str:
-    """Markdown table of a stage's fields: name, type, default, help."""
-    cls = STAGE_CONFIGS[stage] if stage != "world" else WorldConfig
-    rows = ["| key | type | default | meaning |", "|---|---|---|---|"]
+    """Markdown table of a stage's fields (or 'world', 'endpoint'): name, type, default, allowed values, meaning."""
+    cls = {"world": WorldConfig, "endpoint": EndpointConfig}.get(stage) or stage_configs()[stage]
+    rows = [f"{cls.__doc__.strip().splitlines()[0]}", "", "| key | type | default | allowed | meaning |",
+            "|---|---|---|---|---|"]
     for f in dataclasses.fields(cls):
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
         tp = typing.get_type_hints(cls)[f.name]
-        rows.append(f"| `{f.name}` | {getattr(tp, '__name__', str(tp))} | `{default!r}` | {f.metadata['help']} |")
+        rows.append(f"| `{f.name}` | {getattr(tp, '__name__', str(tp))} | `{default!r}` | {allowed(f)} | {f.metadata['help']} |")
     return "\n".join(rows)
-
-
-def _check_rates(obj: Any, *names: str) -> None:
-    for n in names:
-        v = getattr(obj, n)
-        if not 0.0 <= v <= 1.0:
-            raise ConfigError(f"{n} must be between 0 and 1, got {v}")
-
-
-def _check_positive(obj: Any, *names: str) -> None:
-    for n in names:
-        if getattr(obj, n) <= 0:
-            raise ConfigError(f"{n} must be positive, got {getattr(obj, n)}")
-
-
-def _check_choice(obj: Any, name: str, choices: tuple) -> None:
-    if getattr(obj, name) not in choices:
-        raise ConfigError(f"{name} must be one of {choices}, got {getattr(obj, name)!r}")
 
 
 def refuse_secret_names(names: list[str] | dict) -> None:

@@ -61,7 +61,7 @@ import torch
 import torch.nn.functional as F
 from transformers import TrainerCallback
 
-from .config import DPOConfig
+from .stages.dpo import DPOConfig
 from .io import DataError
 from .modeling import last_checkpoint, weights_source
 from .sft import lora_setup, save_final

@@ -46,10 +46,9 @@ from collections import deque
 from pathlib import Path
 from typing import Any
 
-from .config import REPO, STAGE_CONFIGS, ConfigError, build
+from .config import REPO, ConfigError, build
 from .io import read_json, write_json
 
-STAGES = ("sft", "dpo")
 CONFIG_FILE = "stage_config.json"
 RESULT_FILE = "train_result.json"
 LOG_FILE = "launch.log"
@@ -60,9 +59,15 @@ class LaunchError(RuntimeError):
     """A launched training stage failed; the message names the stage, exit code and log file."""
 
 
+def trainer_stages() -> tuple[str, ...]:
+    """The stages that train through this module (``Stage.trainer`` in the registry)."""
+    from .stages import STAGES
+    return tuple(name for name, s in STAGES.items() if s.trainer)
+
+
 def _check_stage(stage: str) -> None:
-    if stage not in STAGES:
-        raise ValueError(f"unknown training stage {stage!r}; expected one of {STAGES}")
+    if stage not in trainer_stages():
+        raise ValueError(f"unknown training stage {stage!r}; expected one of {trainer_stages()}")
 
 
 def needs_launcher(cfg: Any) -> bool:
@@ -119,12 +124,11 @@ def launch_command(stage: str, cfg: Any, init: str | Path, data: str | Path, out
 
 
 def _stage_train(stage: str):
+    """A trainer stage's wrapper: by convention ``zephyr_lib/<stage>.py`` with ``train(cfg, init, data, out)``."""
+    import importlib
+
     _check_stage(stage)
-    if stage == "sft":
-        from . import sft
-        return sft.train
-    from . import dpo
-    return dpo.train
+    return importlib.import_module(f"{__package__}.{stage}").train
 
 
 def _tail(path: Path, n: int = 40) -> str:
@@ -229,13 +233,14 @@ def main(argv: list[str] | None = None) -> int:
     """Child entry point under ``accelerate launch``: train one stage, main process writes the result."""
     p = argparse.ArgumentParser(prog="python -m zephyr_lib.launch",
                                 description="Train one stage (sft or dpo); run by `accelerate launch`.")
-    p.add_argument("stage", choices=STAGES)
+    p.add_argument("stage", choices=trainer_stages())
     p.add_argument("--config", required=True, help="JSON of the resolved stage config (stage_config.json).")
     p.add_argument("--init", required=True, help="Model to start from (local folder or hub id).")
     p.add_argument("--data", required=True, help="Dataset folder (or hub id for dpo).")
     p.add_argument("--out", required=True, help="The run's output folder.")
     a = p.parse_args(argv)
-    cfg = build(STAGE_CONFIGS[a.stage], read_json(a.config), f"{a.config} (stage {a.stage})")
+    from .stages import STAGES
+    cfg = build(STAGES[a.stage].config, read_json(a.config), f"{a.config} (stage {a.stage})")
     init = Path(a.init) if Path(a.init).exists() else a.init
     data = Path(a.data) if Path(a.data).exists() else a.data
     res = _stage_train(a.stage)(cfg, init, data, Path(a.out))

@@ -1,10 +1,41 @@
-"""Small helpers the stage notebooks use to draw their pages: glue, tables, figures."""
+"""What the stage notebooks use to draw their pages: one :func:`open_stage` call, glue, tables,
+figures. A page is a view: it shows what its run stored and computes nothing that another page
+would need (cross-run comparisons live in the results stage).
+"""
 from __future__ import annotations
 
 import os
 from pathlib import Path
 
 import pandas as pd
+
+from .config import REPO
+
+FIGURES = Path(os.environ.get("ZEPHYR_BOOK_STAGES", REPO / "book" / "stages")) / "figures"
+
+
+def open_stage(stage: str, profile: str = "toy", run: str | None = None, overrides: dict | None = None,
+               force: bool = False):
+    """The one call at the top of a stage notebook: resolve the run (parameters validated like
+    ``--set``), build it into the store if it is not there yet, print where it is. Returns the
+    run's context; ``ctx.metrics()`` holds what the page shows."""
+    from .stages import STAGES
+    from .store import open_run
+
+    ctx = open_run(stage, profile, run, overrides, force)
+    if not ctx.complete:
+        with ctx.build(resumable=STAGES[stage].resumable) as out:
+            STAGES[stage].build(ctx, out)
+    print(f"run {ctx.run.name} ({ctx.run.stage} @ {ctx.hash}), profile {ctx.profile.name}: {relative(ctx.dir)}")
+    return ctx
+
+
+def relative(path: str | os.PathLike) -> str:
+    """A path as the book shows it: relative to the repository when it is inside it."""
+    try:
+        return str(Path(path).resolve().relative_to(REPO))
+    except ValueError:
+        return str(path)
 
 
 def glue(key: str, value, display: bool = False) -> None:
@@ -29,15 +60,15 @@ def table(df: pd.DataFrame, key: str | None = None, floatfmt: str = "{:.3g}"):
     return styled
 
 
-def save_figure(fig, path: str | os.PathLike, key: str | None = None) -> Path:
-    """Save a figure as a PNG file atomically (and glue it, displayed, under `key`)."""
-    path = Path(path)
+def save_figure(fig, key: str) -> Path:
+    """Show a figure on its page, glue it under `key` and save it as ``book/stages/figures/<key>.png``
+    (never into a run folder: runs are finished, hash-named and listed by their manifests)."""
+    path = FIGURES / f"{key}.png"
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp.png")
     fig.savefig(tmp, dpi=120, bbox_inches="tight")
     os.replace(tmp, path)
-    if key:
-        glue(key, fig, display=True)
+    glue(key, fig, display=True)
     return path
 
 

@@ -1,15 +1,12 @@
-"""Stage `results`: the paper's tables and figures beside this run's, with intervals and verdicts.
+"""The statistics of the results stage and the paper's numbers (PAPER.md §3).
 
-Reads the eval run's per-question predictions, so every comparison between two models is a
-*paired* bootstrap over the same questions. The verdict sentences ("reproduced", "not
+The results stage (:mod:`zephyr_lib.stages.results`) reads the eval run's per-question scores, so
+every comparison between two models is a *paired* bootstrap over the same questions. The verdict sentences ("reproduced", "not
 reproduced") are computed from the numbers by :func:`verdict`; none is written by hand.
 """
 from __future__ import annotations
 
 import random
-from pathlib import Path
-
-from .io import read_jsonl
 
 # ---- the paper's numbers (PAPER.md §3) ------------------------------------------------------
 PAPER_TABLE1 = {  # model: (MT-Bench, AlpacaEval win %, ± se)
@@ -26,24 +23,6 @@ PAPER_TABLE3 = {  # arm: (MT-Bench, AlpacaEval, ± se)
     "dDPO − dSFT": (4.76, 30.76, 1.63), "dSFT-1": (6.64, 85.65, 1.23),
     "dSFT-2": (6.19, 78.54, 1.44), "dDPO + dSFT": (7.00, 86.07, 1.22),
 }
-
-
-def per_question(eval_dir: Path, model: str, bench: str) -> dict:
-    """{question key: score} from an eval run's predictions (MT-Bench: mean of kept turns; AlpacaEval:
-    preference − 1 with draws 0.5, dropped rows left out)."""
-    path = Path(eval_dir) / model / bench / "predictions.jsonl"
-    rows = read_jsonl(path)
-    out: dict = {}
-    if bench == "mt_bench":
-        for r in rows:
-            if r["score"] >= 0:
-                out.setdefault(r["question_id"], []).append(r["score"])
-        return {k: sum(v) / len(v) for k, v in out.items()}
-    for r in rows:
-        p = r["preference"]
-        if p is not None:
-            out[r["instruction"]] = (1.5 if p == 0 else p) - 1
-    return out
 
 
 def paired_diff(a: dict, b: dict, n_boot: int = 2000, seed: int = 0, scale: float = 1.0) -> dict:
@@ -64,12 +43,16 @@ def verdict(claim: str, d: dict, unit: str = "") -> str:
     status = "reproduced" if d["lo"] > 0 else "not reproduced (reversed)" if d["hi"] < 0 else "inconclusive"
     return f"{claim}: {status}, {d['diff']:+.2f}{unit} [95% CI {d['lo']:+.2f}, {d['hi']:+.2f}], n = {d['n']}"
 
-#: this run's model -> (the paper's analogue, its MT-Bench, AlpacaEval, ± se); None where the paper has none
-PAPER_ANALOGUE = {
-    "base": ("Mistral-7B-v0.1 (base, not evaluated in the paper)", None, None, None),
-    "sft_alpha": ("dSFT on raw UltraChat (α data; no paper number)", None, None, None),
-    "sft": ("dSFT-1 (Table 3)", 6.64, 85.65, 1.23),
-    "dpo": ("Zephyr-7B-β (dDPO)", 7.34, 90.60, 1.03),
-    "teacher": ("GPT-3.5-turbo (the dSFT teacher)", 7.94, 89.37, 1.08),
-    "reference": ("text-davinci-003 (AlpacaEval's reference: 50 by definition)", None, 50.0, None),
+#: the paper's models that a run of this project can stand for: (MT-Bench, AlpacaEval win %, ± se);
+#: a profile maps its runs to these names in ``results.analogues``.
+PAPER_MODELS = {
+    "Mistral-7B-v0.1 (base)": (None, None, None),  # not evaluated in the paper
+    "dSFT on raw UltraChat (α data)": (None, None, None),  # the paper gives no dSFT-only number for α
+    "dSFT-1 (Table 3)": (6.64, 85.65, 1.23),
+    "dSFT-2 (Table 3)": (6.19, 78.54, 1.44),
+    "Zephyr-7B-β (dDPO)": (7.34, 90.60, 1.03),
+    "Zephyr-7B-α": (6.88, 85.76, 1.23),
+    "GPT-3.5-turbo": (7.94, 89.37, 1.08),
+    "GPT-4": (8.99, 95.28, 0.72),
+    "text-davinci-003": (None, 50.0, None),  # AlpacaEval's reference: 50 by definition
 }

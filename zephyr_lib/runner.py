@@ -27,12 +27,11 @@ import nbformat
 import yaml
 
 from .config import REPO, Profile, load_profile, parse_override
+from .stages import STAGES
 from .store import RUNS_DIR, context
 
 NOTEBOOKS = REPO / "notebooks"
 BOOK_STAGES = Path(os.environ.get("ZEPHYR_BOOK_STAGES", REPO / "book" / "stages"))
-NOTEBOOK_OF = {"base": "00_base", "curate": "01_curate", "sft": "02_sft", "aif": "03_aif",
-               "dpo": "04_dpo", "eval": "05_eval", "results": "06_results"}
 DEFAULT_TIMEOUT_S = {"smoke": 900, "toy": 3600}
 
 
@@ -75,7 +74,7 @@ def _finish_notebook(path: Path, run_name: str, run_hash: str) -> None:
 def executed_path(profile: Profile, run_name: str) -> Path:
     run = profile.runs[run_name]
     if run_name == run.stage:
-        return BOOK_STAGES / f"{NOTEBOOK_OF[run.stage]}.ipynb"
+        return BOOK_STAGES / f"{STAGES[run.stage].notebook}.ipynb"
     return RUNS_DIR / profile.name / "executed" / f"{run_name}.ipynb"
 
 
@@ -93,7 +92,7 @@ def execute_run(profile: Profile, run_name: str, overrides: dict, force: bool, t
     dest = executed_path(profile, run_name)
     if ctx.complete and not force and _executed_hash(dest) == ctx.hash:
         return "cached"
-    nb_in = NOTEBOOKS / f"{NOTEBOOK_OF[ctx.run.stage]}.ipynb"
+    nb_in = NOTEBOOKS / f"{STAGES[ctx.run.stage].notebook}.ipynb"
     log_dir.mkdir(parents=True, exist_ok=True)
     log = log_dir / f"{run_name}.log"
     params = {"profile": profile.name if profile.path.parent == REPO / "configs" else str(profile.path),

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .config import SFTConfig
+from .stages.sft import SFTConfig
 from .modeling import last_checkpoint, weights_source
 
 

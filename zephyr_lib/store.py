@@ -5,12 +5,12 @@ A stage builds into ``runs/<profile>/<stage>/.partial-<hash>/`` and, when it suc
 always complete, and a stage killed midway leaves only a ``.partial-*`` folder (which a
 resumable stage, e.g. training with checkpoints, picks up again on the next run).
 
-Notebooks open their run with :func:`open_run`::
+Notebooks open their run with ``page.open_stage``, which does::
 
     ctx = open_run("sft", profile="toy", run="sft", overrides={})
     if not ctx.complete:
-        with ctx.build(resumable=True) as out:   # out: the partial folder
-            ...                                  # write artifacts and metrics.json into out
+        with ctx.build(resumable=STAGES["sft"].resumable) as out:   # out: the partial folder
+            STAGES["sft"].build(ctx, out)                           # artifacts and metrics.json
     metrics = ctx.metrics()
 """
 from __future__ import annotations
@@ -28,13 +28,10 @@ import time
 from pathlib import Path
 from typing import Any, Iterator
 
-from .config import REPO, ConfigError, Profile, Run, TOY_AGENTS, load_profile, ref_run, refuse_secret_names
+from .config import REPO, ConfigError, Profile, Run, TOY_AGENTS, load_profile, ref_run
 from .io import read_json, write_json
 
 RUNS_DIR = Path(os.environ.get("ZEPHYR_RUNS_DIR", REPO / "runs"))
-# What each stage's runs offer when referred to by bare run name.
-DEFAULT_ARTIFACT = {"base": "model", "sft": "model", "dpo": "model", "curate": "beta", "aif": "binarized",
-                    "eval": "metrics.json", "results": "metrics.json"}
 PACKAGES = ("torch", "transformers", "trl", "datasets", "accelerate", "tokenizers", "papermill",
             "jupyter-book", "lm_eval", "numpy", "matplotlib")
 
@@ -110,7 +107,8 @@ class RunContext:
         elif "/" in ref:
             path = up.dir / ref.split("/", 1)[1]
         else:
-            path = up.dir / DEFAULT_ARTIFACT[up.run.stage]
+            from .stages import STAGES
+            path = up.dir / STAGES[up.run.stage].artifact  # what a bare run name means for its stage
         if not path.exists():
             raise FileNotFoundError(f"run {up.run.name!r} has no artifact {path.name!r} (looked in {path})")
         return path
@@ -176,34 +174,18 @@ def context(profile: Profile, run: str, root: Path = RUNS_DIR, force: bool = Fal
 
 
 def open_run(stage: str, profile: str = "toy", run: str | None = None, overrides: dict | None = None,
-             force: bool = False, injected: dict | None = None) -> RunContext:
-    """Entry point of every stage notebook.
+             force: bool = False) -> RunContext:
+    """The run a stage notebook renders (see ``page.open_stage``, which also builds it if needed).
 
-    `overrides` holds this run's config overrides ({"key": value}) and, as {"run.key": value}, those of
-    other runs of the plan. `injected` holds the notebook's parameters that papermill injected beyond the declared ones
-    (pass ``{k: v for k, v in globals().items() if k not in _before}``): a name that is a config
-    key of the stage becomes an override; any other name is an error, because papermill itself
-    only warns about unknown parameters.
+    `overrides` holds this run's config overrides ({"key": value}) and, as {"run.key": value}, those
+    of other runs of the plan, so that a notebook resolves the same upstream hashes as the runner
+    that launched it. They are validated like ``--set`` (unknown keys and bad values are errors).
     """
     run = run or stage
-    # "key": value overrides this run; "other_run.key": value overrides an upstream run, so that a
-    # notebook resolves the same upstream hashes as the runner that launched it.
     plan: dict[str, dict] = {}
-    overrides = dict(overrides or {})
-    for key in [k for k in overrides if "." in k]:
-        other, field_name = key.split(".", 1)
-        plan.setdefault(other, {})[field_name] = overrides.pop(key)
-    if injected:
-        refuse_secret_names(list(injected))
-        prof0 = load_profile(profile)
-        fields = {f.name for f in dataclasses.fields(prof0.runs[run].config)} if run in prof0.runs else set()
-        unknown = sorted(set(injected) - fields)
-        if unknown:
-            raise ConfigError(f"unknown notebook parameter(s) {unknown} for stage {stage!r}: the parameters are "
-                              f"profile, run, overrides, force, or a config key of the stage: {sorted(fields)}")
-        overrides.update(injected)
-    if overrides:
-        plan.setdefault(run, {}).update(overrides)
+    for key, value in dict(overrides or {}).items():
+        other, field_name = key.split(".", 1) if "." in key else (run, key)
+        plan.setdefault(other, {})[field_name] = value
     prof = load_profile(profile, plan or None)
     ctx = context(prof, run, force=force)
     if ctx.run.stage != stage:
@@ -218,19 +200,3 @@ def status(profile: Profile) -> list[dict]:
         rows.append({"run": r.name, "stage": r.stage, "hash": ctx.hash,
                      "complete": ctx.complete, "partial": ctx.partial_dir.exists()})
     return rows
-
-
-
-DECLARED = ("profile", "run", "overrides", "force")
-
-
-def extra_parameters(namespace: dict, before: set) -> dict:
-    """Names a papermill run injected into a notebook beyond the declared parameters.
-
-    Call in the cell after the parameters: ``extra_parameters(globals(), _before)``, where
-    ``_before = set(globals())`` was taken in a cell above the parameters cell.
-    """
-    import types as _types
-    return {k: v for k, v in namespace.items()
-            if k not in before and k not in DECLARED and not k.startswith("_")
-            and not isinstance(v, (_types.ModuleType, _types.FunctionType, type))}

@@ -11,3 +11,11 @@ Nothing here is a language model. It exists so the whole paper can run offline o
 from .agents import Agent, agent_profiles, make_agent, write_dialogues  # noqa: F401
 from .checker import Assessment, assess  # noqa: F401
 from .world import CATEGORIES, Task, World  # noqa: F401
+
+
+@__import__("functools").lru_cache(maxsize=4)
+def shared_world(cfg) -> World:
+    """One :class:`World` per world config in this process. The toy agents and the toy judge
+    answer only prompts their world has generated, so every stage of a process that generates
+    prompts, answers them and judges them must use the same instance."""
+    return World(cfg)

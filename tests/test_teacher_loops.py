@@ -1,5 +1,5 @@
-"""Tests for zephyr_lib.distill (UltraChat / UltraFeedback generation against real endpoints) and
-zephyr_lib.vllm_backend, against a real HTTP server on 127.0.0.1 that fails on purpose.
+"""Tests for the teacher and AI-feedback loops against real endpoints (zephyr_lib.ultrachat, zephyr_lib.pool,
+zephyr_lib.agents.OpenAIAgent) and zephyr_lib.vllm_backend, against a real HTTP server on 127.0.0.1 that fails on purpose.
 
 The server mimics POST /v1/chat/completions and answers deterministically from the request:
 the user simulator's opening question and follow-ups, the assistant's answers, and replies in
@@ -28,14 +28,16 @@ import pytest
 from conftest import serving
 
 from zephyr_lib import curate
-from zephyr_lib import distill
+from zephyr_lib import pool as P
+from zephyr_lib import ultrachat
+from zephyr_lib.agents import OpenAIAgent
 from zephyr_lib import feedback as fb
 from zephyr_lib import vllm_backend
 from zephyr_lib.judges import AllCallsFailedError, Judge, JudgeError, OpenAIChatBackend
 
 KEY = "sk-distill-TOPSECRET-0123456789abcdef"
 ENV = "ZEPHYR_TEST_DISTILL_KEY"
-OPENER_HEAD = distill.OPENER_TEMPLATE.split("{topic}")[0]
+OPENER_HEAD = ultrachat.OPENER_TEMPLATE.split("{topic}")[0]
 
 
 def _h(text: str) -> int:
@@ -64,7 +66,7 @@ def reply_for(messages: list[dict]) -> tuple[str, str]:
     except ValueError:
         pass
     user = [m["content"] for m in messages if m["role"] == "user"][-1]
-    if messages[0]["role"] == "system" and messages[0]["content"] == distill.USER_SIM_SYSTEM:
+    if messages[0]["role"] == "system" and messages[0]["content"] == ultrachat.USER_SIM_SYSTEM:
         if user.startswith(OPENER_HEAD):
             return "opener", f"User: What is most surprising about {user[len(OPENER_HEAD):]}?"
         n = user.count("Assistant: ")
@@ -208,7 +210,7 @@ SEEDS = ["~r429~ volcanoes", "~r500~ How do tides work?", "~badjson~ the history
 def test_ultrachat_recovers_from_transient_failures_and_rerun_is_free(server, key_env, tmp_path):
     cache = tmp_path / "cache"
     teacher, user = judge(server, "teacher-model", cache), judge(server, "user-model", cache)
-    dialogues, stats = distill.ultrachat_dialogues(teacher, SEEDS, max_turns=3, user_model=user, desc=None)
+    dialogues, stats = ultrachat.ultrachat_dialogues(teacher, SEEDS, max_turns=3, user_model=user, desc=None)
 
     assert len(dialogues) == 7 and stats["n_dropped"] == 0 and stats["kept"] == list(range(7))
     assert stats["n_topics"] == 4
@@ -235,7 +237,7 @@ def test_ultrachat_recovers_from_transient_failures_and_rerun_is_free(server, ke
     assert stats["teacher"]["prompt_tokens"] == 21 * 20
 
     # raw UltraChat rows: {"id", "data": [alternating strings]} that curate reads back
-    raw = distill.raw_ultrachat_rows(dialogues, [f"uc{i}" for i in stats["kept"]])
+    raw = ultrachat.raw_ultrachat_rows(dialogues, [f"uc{i}" for i in stats["kept"]])
     assert [r["id"] for r in raw] == [f"uc{i}" for i in range(7)]
     assert all(len(r["data"]) == 6 and all(isinstance(x, str) for x in r["data"]) for r in raw)
     assert [curate.from_raw_ultrachat(r, r["id"]) for r in raw] == dialogues
@@ -250,7 +252,7 @@ def test_ultrachat_recovers_from_transient_failures_and_rerun_is_free(server, ke
     # rerun with fresh judges over the same cache: zero HTTP calls, identical output
     before = server.total
     teacher2, user2 = judge(server, "teacher-model", cache), judge(server, "user-model", cache)
-    again, stats2 = distill.ultrachat_dialogues(teacher2, SEEDS, max_turns=3, user_model=user2, desc=None)
+    again, stats2 = ultrachat.ultrachat_dialogues(teacher2, SEEDS, max_turns=3, user_model=user2, desc=None)
     assert server.total == before
     assert again == dialogues and stats2["kept"] == stats["kept"]
     assert (stats2["teacher"]["calls"], stats2["teacher"]["cache_hits"]) == (0, 21)
@@ -260,7 +262,7 @@ def test_ultrachat_recovers_from_transient_failures_and_rerun_is_free(server, ke
 def test_ultrachat_drops_and_counts_a_dialogue_whose_call_always_fails(server, key_env, tmp_path):
     seeds = ["~doomed~ Why do cats purr?", "What is rain?", "deserts", "How do bees fly?"]
     teacher = judge(server, "teacher-model", tmp_path, max_retries=2)
-    dialogues, stats = distill.ultrachat_dialogues(teacher, seeds, max_turns=3, desc=None)
+    dialogues, stats = ultrachat.ultrachat_dialogues(teacher, seeds, max_turns=3, desc=None)
 
     assert stats["n_dialogues"] == 3 and stats["n_dropped"] == 1 and stats["kept"] == [1, 2, 3]
     (drop,) = stats["dropped"]
@@ -274,7 +276,7 @@ def test_ultrachat_drops_and_counts_a_dialogue_whose_call_always_fails(server, k
 
     # a rerun replays everything finished from the cache and asks only the failing call again
     before = server.total
-    again, stats2 = distill.ultrachat_dialogues(judge(server, "teacher-model", tmp_path, max_retries=2),
+    again, stats2 = ultrachat.ultrachat_dialogues(judge(server, "teacher-model", tmp_path, max_retries=2),
                                                 seeds, max_turns=3, desc=None)
     assert server.total == before + 3
     assert again == dialogues and stats2["n_dropped"] == 1 and stats2["teacher"]["calls"] == 1
@@ -283,7 +285,7 @@ def test_ultrachat_drops_and_counts_a_dialogue_whose_call_always_fails(server, k
 def test_crash_midway_loses_no_finished_call(server, key_env, tmp_path):
     seeds = ["oceans", "How do magnets work?", "medieval castles", "Why do leaves change colour?",
              "jazz", "What is a black hole?"]
-    reference, _ = distill.ultrachat_dialogues(judge(server, "teacher-model", tmp_path / "ref"), seeds,
+    reference, _ = ultrachat.ultrachat_dialogues(judge(server, "teacher-model", tmp_path / "ref"), seeds,
                                                max_turns=3, desc=None)
     n_full = len(server.answered)
     assert n_full == 3 + 6 * 3 + 6 * 2  # 3 openers, 18 answers, 12 follow-ups
@@ -293,7 +295,7 @@ def test_crash_midway_loses_no_finished_call(server, key_env, tmp_path):
     first = server.answered[:]
     j1 = judge(server, "teacher-model", tmp_path / "run", max_retries=1)
     try:
-        partial, st = distill.ultrachat_dialogues(j1, seeds, max_turns=3, desc=None)
+        partial, st = ultrachat.ultrachat_dialogues(j1, seeds, max_turns=3, desc=None)
     except AllCallsFailedError:  # a whole batch failed: the endpoint is down
         partial = None
     else:
@@ -305,7 +307,7 @@ def test_crash_midway_loses_no_finished_call(server, key_env, tmp_path):
     server.budget = None  # the endpoint is back
     before = len(server.answered)
     j2 = judge(server, "teacher-model", tmp_path / "run")
-    out, stats = distill.ultrachat_dialogues(j2, seeds, max_turns=3, desc=None)
+    out, stats = ultrachat.ultrachat_dialogues(j2, seeds, max_turns=3, desc=None)
     run2 = server.answered[before:]
     assert out == reference and stats["n_dropped"] == 0
     assert len(run2) == n_full - k and j2.stats.calls == n_full - k and j2.stats.cache_hits == k
@@ -334,10 +336,10 @@ PROMPTS = ["Name three rivers.", "~garbled~ Write a haiku about rain.", "~doomed
 
 
 def test_pool_and_ultrafeedback_ratings(server, key_env, tmp_path):
-    api = distill.OpenAIAgent(judge(server, "gpt-3.5-turbo", tmp_path / "pool"), "gpt-3.5-turbo")
+    api = OpenAIAgent(judge(server, "gpt-3.5-turbo", tmp_path / "pool"), "gpt-3.5-turbo")
     pool = {"gpt-3.5-turbo": api, **{n: ScriptAgent(n) for n in ("llama-2-7b-chat", "falcon-40b-instruct",
                                                                  "wizardlm-13b", "alpaca-7b")}}
-    rows, pst = distill.complete_pool(pool, PROMPTS, per_prompt=4, seed=42, max_new_tokens=64)
+    rows, pst = P.complete_pool(pool, PROMPTS, per_prompt=4, seed=42, max_new_tokens=64)
     assert pst["n_rows"] == 6 and pst["n_dropped"] == 0
     rng = random.Random(42)
     assert [r["models"] for r in rows] == [rng.sample(list(pool), 4) for _ in PROMPTS]  # the aif stage's draw
@@ -347,10 +349,10 @@ def test_pool_and_ultrafeedback_ratings(server, key_env, tmp_path):
         for c in r["completions"]:
             assert c["response"].startswith("Answer 1:" if c["model"] == "gpt-3.5-turbo" else c["model"])
     assert rows[3]["source"] == "truthful_qa"
-    assert distill.complete_pool(pool, PROMPTS, per_prompt=4, seed=42, max_new_tokens=64)[0] == rows
+    assert P.complete_pool(pool, PROMPTS, per_prompt=4, seed=42, max_new_tokens=64)[0] == rows
 
     j = judge(server, "gpt-4", tmp_path / "judge")
-    raw, st = distill.rate_ultrafeedback(j, rows, desc=None)
+    raw, st = P.rate_ultrafeedback(j, rows, desc=None)
     assert st["n_rows"] == 6 and st["n_out"] == 5 and st["n_dropped"] == 1
     (drop,) = st["dropped"]
     assert drop["row"] == 2 and drop["failed"] == [f"overall[{i}]" for i in range(4)]
@@ -378,13 +380,13 @@ def test_pool_and_ultrafeedback_ratings(server, key_env, tmp_path):
 
     # rerun: only the always-failing judgments are asked again (4 requests x 4 attempts)
     before = server.total
-    raw2, st2 = distill.rate_ultrafeedback(judge(server, "gpt-4", tmp_path / "judge"), rows, desc=None)
+    raw2, st2 = P.rate_ultrafeedback(judge(server, "gpt-4", tmp_path / "judge"), rows, desc=None)
     assert server.total == before + 4 * 4
     assert raw2 == raw and st2["judge"]["calls"] == 4 and st2["judge"]["cache_hits"] == 24 + 4 + 20  # incl. the cached garbled replies
 
 
 def test_openai_agent_temperatures_errors_and_pool_drops(server, key_env, tmp_path):
-    agent = distill.OpenAIAgent(judge(server, "gpt-3.5-turbo", tmp_path), "gpt-3.5-turbo")
+    agent = OpenAIAgent(judge(server, "gpt-3.5-turbo", tmp_path), "gpt-3.5-turbo")
     convs = [[{"role": "user", "content": f"q{i}"}] for i in range(3)]
     out = agent.respond_many(convs, max_new_tokens=32, temperatures=[0.0, 0.7, 0.0])
     assert out == [f"Answer 1: here is what I know about 'q{i}'." for i in range(3)]
@@ -396,11 +398,11 @@ def test_openai_agent_temperatures_errors_and_pool_drops(server, key_env, tmp_pa
 
     bad = convs[:1] + [[{"role": "user", "content": "~down~ q"}]]
     with pytest.raises(JudgeError, match="1 of 2 call"):
-        distill.OpenAIAgent(judge(server, "gpt-3.5-turbo", tmp_path, max_retries=1), "g").respond_many(bad)
-    lenient = distill.OpenAIAgent(judge(server, "gpt-3.5-turbo", tmp_path, max_retries=1), "g", on_error="none")
+        OpenAIAgent(judge(server, "gpt-3.5-turbo", tmp_path, max_retries=1), "g").respond_many(bad)
+    lenient = OpenAIAgent(judge(server, "gpt-3.5-turbo", tmp_path, max_retries=1), "g", on_error="none")
     assert lenient.respond_many(bad) == [out[0], None]
 
-    rows, st = distill.complete_pool({"api": lenient, "toy": ScriptAgent("toy")}, ["q0", "~down~ q"],
+    rows, st = P.complete_pool({"api": lenient, "toy": ScriptAgent("toy")}, ["q0", "~down~ q"],
                                      per_prompt=2, seed=0)
     assert [r["instruction"] for r in rows] == ["q0"] and st["n_dropped"] == 1
     assert st["dropped"] == [{"prompt_index": 1, "failed_models": ["api"]}]
@@ -408,14 +410,14 @@ def test_openai_agent_temperatures_errors_and_pool_drops(server, key_env, tmp_pa
 
 
 def test_seed_kinds_and_cleaning():
-    assert distill.clean_user_turn('  **User:** "How so?" ') == "How so?"
-    assert distill.clean_user_turn("“Why?”") == "Why?"
+    assert ultrachat.clean_user_turn('  **User:** "How so?" ') == "How so?"
+    assert ultrachat.clean_user_turn("“Why?”") == "Why?"
     with pytest.raises(ValueError):
-        distill.clean_user_turn("User:  ")
+        ultrachat.clean_user_turn("User:  ")
     with pytest.raises(ValueError):
-        distill.clean_answer("   ")
+        ultrachat.clean_answer("   ")
     with pytest.raises(ValueError, match="topic"):
-        distill.ultrachat_dialogues(None, [{"topic": "a", "question": "b?"}])  # type: ignore[arg-type]
+        ultrachat.ultrachat_dialogues(None, [{"topic": "a", "question": "b?"}])  # type: ignore[arg-type]
 
 
 # --------------------------------------------------------------------------------------------

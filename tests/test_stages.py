@@ -1,0 +1,128 @@
+"""The stage registry and each stage's build, called directly on tiny profiles (no papermill):
+the wiring every other part of the library reads, and what each stage writes."""
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import pytest
+
+from zephyr_lib import launch
+from zephyr_lib.config import REPO, ConfigError, load_profile
+from zephyr_lib.io import read_json
+from zephyr_lib.stages import STAGES
+from zephyr_lib.store import context
+
+TINY = """
+seed: 0
+world: {n_entities: 8, n_unknown: 2}
+stages:
+  base: {vocab_size: 300, hidden_size: 32, intermediate_size: 64, num_hidden_layers: 1, num_attention_heads: 2,
+         num_key_value_heads: 1, n_docs: 300, seq_len: 32, num_train_epochs: 1, batch_size: 16}
+  curate: {n_dialogues: 40}
+  eval: {benchmarks: [mt_bench, alpaca_eval], n_alpaca: 6, max_new_tokens: 16, n_bootstrap: 100}
+runs:
+  base: {}
+  curate: {}
+  eval: {models: [teacher]}
+  eval2: {stage: eval, models: [teacher, reference]}
+"""
+
+
+@pytest.fixture()
+def tiny(tmp_path):
+    p = tmp_path / "tiny.yaml"
+    p.write_text(TINY)
+    return load_profile(str(p))
+
+
+def build(prof, run, root):
+    ctx = context(prof, run, root)
+    with ctx.build(resumable=STAGES[ctx.run.stage].resumable) as out:
+        STAGES[ctx.run.stage].build(ctx, out)
+    return ctx
+
+
+def test_the_registry_is_the_one_list_of_stages():
+    assert list(STAGES) == ["base", "curate", "sft", "aif", "dpo", "eval", "results"]
+    for name, s in STAGES.items():
+        assert s.name == name and (REPO / "notebooks" / f"{s.notebook}.ipynb").exists()
+        assert dataclasses.is_dataclass(s.config) and s.config.__doc__.startswith(f"Stage `{name}`")
+        for f in dataclasses.fields(s.config):
+            assert f.metadata.get("help"), f"{name}.{f.name} has no help line"
+    assert launch.trainer_stages() == ("sft", "dpo")
+    toc = (REPO / "_toc.yml").read_text()
+    assert all(f"notebooks/{s.notebook}" in toc or f"stages/{s.notebook}" in toc for s in STAGES.values())
+
+
+def test_sft_and_dpo_share_one_training_base():
+    from zephyr_lib.stages.training import TrainingConfig
+    shared = {f.name for f in dataclasses.fields(TrainingConfig)}
+    assert {"num_processes", "gradient_accumulation_steps", "use_peft", "lora_r", "bf16", "accelerate_config"} <= shared
+    for st in ("sft", "dpo"):
+        assert issubclass(STAGES[st].config, TrainingConfig)
+
+
+def test_closed_value_sets_and_ranges_fail_at_load_time(tiny):
+    with pytest.raises(ConfigError, match=r"loss_type must be one of sigmoid, hinge.*got 'sigmod'"):
+        load_profile("smoke", ["dpo.loss_type=sigmod"])
+    for text, msg in (("sft.save_steps=0", "save_steps must be >= 1"), ("sft.eval_steps=0", "eval_steps must be >= 1"),
+                      ("sft.logging_steps=-1", "logging_steps must be >= 1"),
+                      ("sft.max_train_samples=-5", "max_train_samples must be >= 0"),
+                      ("aif.n_prompts=-1", "n_prompts must be >= 0"), ("aif.temperature=-1", "temperature must be >= 0"),
+                      ("eval.n_alpaca=-5", "n_alpaca must be >= 1"), ("eval.batch_size=0", "batch_size must be >= 1"),
+                      ("results.n_bootstrap=0", "n_bootstrap must be >= 100"),
+                      ("curate.max_followups=-3", "max_followups must be >= 0"),
+                      ("curate.test_fraction=0", r"test_fraction must be in \(0, 1\)"),
+                      ("dpo.learning_rate=0", r"learning_rate must be > 0, got 0.0; the paper: 5e-07"),
+                      ("eval.benchmarks=[mt_bench,nope]", "benchmarks must be one of mt_bench, alpaca_eval, leaderboard")):
+        with pytest.raises(ConfigError, match=msg):
+            load_profile("smoke", [text])
+
+
+def test_endpoints_are_named_once_and_enter_the_hash(tmp_path):
+    p = tmp_path / "ep.yaml"
+    p.write_text(TINY + "endpoints:\n  gpt4: {kind: openai, model: gpt-4-0613}\n")
+    a = load_profile(str(p), ["eval.judge=gpt4"])
+    b = load_profile(str(p), {"eval": {"judge": "gpt4"}})
+    assert a.run_hash("eval") == b.run_hash("eval") != load_profile(str(p)).run_hash("eval")
+    p.write_text(TINY + "endpoints:\n  gpt4: {kind: openai, model: gpt-4-1106-preview}\n")
+    assert load_profile(str(p), ["eval.judge=gpt4"]).run_hash("eval") != a.run_hash("eval")
+    with pytest.raises(ConfigError, match="endpoint 'gpt5' is not defined; endpoints of this profile: toy, gpt4"):
+        load_profile(str(p), ["eval.judge=gpt5"])
+
+
+def test_a_profile_needs_only_the_stages_its_plan_uses(tiny, tmp_path, monkeypatch):
+    from zephyr_lib import book
+    monkeypatch.setattr(book, "GENERATED", tmp_path / "generated")
+    problems = book.prepare(str(tmp_path / "tiny.yaml"))
+    assert all("base" in x or "curate" in x or "eval" in x for x in problems) and len(problems) == 3
+
+
+def test_base_and_curate_build_directly(tiny, tmp_path):
+    base = build(tiny, "base", tmp_path)
+    m = base.metrics()
+    assert m["n_params"] > 0 and m["steps"] >= 1 and (base.dir / "model" / "config.json").exists()
+    cur = build(tiny, "curate", tmp_path)
+    cm = cur.metrics()
+    assert cm["n_generated"] == 40 and sum(cm["splits"]["beta"].values()) > 0
+    assert cur.resolve("curate") == cur.dir / "beta"  # a bare reference means the stage's artifact
+
+
+def test_adding_a_model_to_eval_runs_only_that_model(tiny, tmp_path):
+    from zephyr_lib.agents import judge_for
+    first = build(tiny, "eval", tmp_path)
+    calls_first = first.metrics()["judge_stats"]["calls"]
+    assert calls_first > 0 and set(first.metrics()["models"]) == {"teacher"}
+    second = build(tiny, "eval2", tmp_path)
+    m2 = second.metrics()
+    assert set(m2["models"]) == {"teacher", "reference"}
+    # the teacher's results came from the per-model cache: identical files, no judge call for them
+    for bench in ("mt_bench", "alpaca_eval"):
+        assert (second.dir / "teacher" / bench / "predictions.jsonl").read_text() == \
+            (first.dir / "teacher" / bench / "predictions.jsonl").read_text()
+        assert m2["models"]["teacher"][bench] == first.metrics()["models"]["teacher"][bench]
+    judge = judge_for(second, "toy")
+    assert judge.stats.calls == 0  # a fresh client: nothing spent yet
+    assert m2["judge_stats"]["calls"] <= calls_first  # only the reference model was judged
+    assert json.loads((second.dir / "metrics.json").read_text())["models"]["reference"]["alpaca_eval"]["n"] > 0

@@ -1,0 +1,141 @@
+"""Stage `aif`: UltraFeedback-style AI feedback. Pool members answer each prompt (4 of them per
+prompt), the judge rates every answer on UltraFeedback's four aspects plus a critique and overall
+score, and the ratings are binarized into (prompt, chosen, rejected) pairs in
+ultrafeedback_binarized's schema.
+
+One implementation serves the toy world and real data (:mod:`zephyr_lib.pool`):
+- ``source: toy``: toy-world prompts, toy programs and trained models as the pool, the `judge` endpoint;
+- a raw openbmb/UltraFeedback set with ``annotate: true``: its prompts, answered by `pool` and rated
+  by `judge` from scratch; with ``annotate: false``: its existing ratings re-binarized;
+- an ultrafeedback_binarized set (``source_schema: binarized``): used as it is.
+
+Notebook: ``notebooks/03_aif.ipynb``. Run: ``python -m zephyr_lib run --profile toy --stages aif``.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..config import ConfigError, StageConfig, endpoint, opt, ref
+from ..io import write_json, write_jsonl
+from . import Stage
+
+
+@dataclass(frozen=True)
+class AIFConfig(StageConfig):
+    """Stage `aif`: UltraFeedback-style AI feedback (pool answers, judge ratings, binarization)."""
+
+    source: str = opt("toy", "'toy', or a path/hub id of openbmb/UltraFeedback (raw) or of an ultrafeedback_binarized set.")
+    source_schema: str = opt("raw", "Schema of a non-toy `source`: 'raw' (openbmb/UltraFeedback) or 'binarized' (ultrafeedback_binarized).",
+                             choices=("raw", "binarized"))
+    annotate: bool = opt(False, "Raw source: take only its prompts and have `pool` answer and `judge` rate them (UltraFeedback from scratch); false = re-binarize its ratings.")
+    revision: str = opt("", "Hub revision of `source` (paper: ultrafeedback_binarized @ 292c163…).")
+    policy: str = ref("sft", "dSFT run whose model joins the pool as 'policy'.")
+    base: str = ref("base", "Base run whose model joins the pool as 'base'.")
+    n_prompts: int = opt(600, "Prompts to answer and rate (toy) or rows to read (real, 0 = all).", ge=0)
+    pool: list[str] = opt(["teacher_strong", "teacher", "teacher_sloppy", "teacher_verbose", "policy", "base"],
+                          "Pool members: toy programs, 'policy', 'base', other runs, or 'endpoint:<name>'; each prompt gets answers from `completions_per_prompt` of them.")
+    completions_per_prompt: int = opt(4, "Answers per prompt (UltraFeedback: 4).", ge=2)
+    rule: str = opt("overall", "Binarization: 'overall' (the dataset's code) or 'mean_aspects' (Argilla's, ties dropped).",
+                    choices=("overall", "mean_aspects"))
+    binarize_seed: int = opt(42, "Seed for picking the rejected answer (the dataset's code: 42).")
+    drop_identical: bool = opt(True, "Drop pairs whose chosen and rejected answers are the same text (no DPO signal; counted).")
+    test_fraction: float = opt(0.1, "Fraction of pairs held out as test_prefs.", gt=0, lt=1)
+    max_new_tokens: int = opt(96, "Generation length for model pool members.", ge=1)
+    temperature: float = opt(0.7, "Sampling temperature for model pool members.", ge=0)
+    judge: str = endpoint("toy", "Endpoint that rates the answers (the paper: GPT-4).")
+    seed: int = opt(0, "Seed for prompts and pool sampling.")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.completions_per_prompt > len(self.pool):
+            raise ConfigError("aif.completions_per_prompt must be between 2 and the pool size")
+
+
+def build(ctx, out: Path) -> dict:
+    from .. import feedback as fb
+    from .. import modeling
+
+    modeling.set_threads()
+    cfg = ctx.cfg
+    if cfg.source == "toy":
+        prompts = _toy_prompts(ctx)
+    elif cfg.source_schema == "binarized":
+        dsd = fb.load_binarized(cfg.source, revision=cfg.revision or None)
+        fb.save_binarized(dsd, out / "binarized")
+        metrics = {"source": cfg.source, "splits": {k: len(v) for k, v in dsd.items()}}
+        write_json(out / "metrics.json", metrics)
+        return metrics
+    else:
+        rows = fb.load_raw_ultrafeedback(cfg.source, revision=cfg.revision or None)[: cfg.n_prompts or None]
+        if not cfg.annotate:
+            return _binarize_and_save(cfg, rows, out, {"source": cfg.source})
+        prompts = [{k: r[k] for k in ("instruction", "source", "correct_answers", "incorrect_answers") if k in r}
+                   for r in rows]
+    return _annotate(ctx, prompts, out)
+
+
+def _toy_prompts(ctx) -> list[dict]:
+    """Toy-world prompts that no benchmark asks and the policy's SFT data does not hold."""
+    from datasets import load_from_disk
+
+    from ..toyworld import shared_world
+    from .curate import N_ALPACA_MAX
+
+    cfg, world = ctx.cfg, shared_world(ctx.world)
+    sft_ctx = ctx.upstream(cfg.policy)
+    seen = set(load_from_disk(str(sft_ctx.resolve(sft_ctx.cfg.data)))["train_sft"]["prompt"])
+    tasks = world.tasks(cfg.n_prompts, seed=cfg.seed, followups=0, prefix="uf",
+                        exclude=world.eval_prompts(N_ALPACA_MAX) | seen)
+    return [{"instruction": t.turns[0], "source": f"toy/{t.category}"} for t in tasks]
+
+
+def _annotate(ctx, prompts: list[dict], out: Path) -> dict:
+    """UltraFeedback from prompts: the pool answers (4 members per prompt), the judge rates."""
+    from .. import pool as P
+    from ..agents import judge_for, make_agent
+
+    cfg = ctx.cfg
+    aliases = {"policy": cfg.policy, "base": cfg.base}
+    agents = {name: make_agent(ctx, name, seed=cfg.seed, refs=aliases) for name in cfg.pool}
+    rows, pool_stats = P.complete_pool(agents, prompts, per_prompt=cfg.completions_per_prompt, seed=cfg.seed,
+                                       max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature)
+    judge = judge_for(ctx, cfg.judge)
+    # the toy world has no world knowledge to give the truthfulness judge; real rows carry theirs
+    raw_rows, rate_stats = P.rate_ultrafeedback(judge, rows, world_knowledge=cfg.source != "toy", desc="judge")
+    extra = {"source": cfg.source, "n_prompts": len(prompts),
+             "n_pool_failed_prompts": pool_stats["n_dropped"], "n_judge_failed_prompts": rate_stats["n_dropped"],
+             "judge": judge.backend.name, "judge_stats": judge.stats.as_dict()}
+    return _binarize_and_save(cfg, raw_rows, out, extra)
+
+
+def _binarize_and_save(cfg, rows: list[dict], out: Path, extra: dict) -> dict:
+    from .. import feedback as fb
+
+    write_jsonl(out / "raw_ultrafeedback.jsonl", rows)  # openbmb/UltraFeedback's schema
+    pairs, counts = fb.binarize(rows, rule=cfg.rule, seed=cfg.binarize_seed)
+    identical = [p for p in pairs if p["chosen"][-1]["content"] == p["rejected"][-1]["content"]]
+    counts["n_identical"] = len(identical)
+    if cfg.drop_identical and identical:  # same text twice: zero DPO gradient, and a reward margin of exactly 0
+        pairs = [p for p in pairs if p["chosen"][-1]["content"] != p["rejected"][-1]["content"]]
+        counts["dropped"] = {**counts.get("dropped", {}), "identical_answers": len(identical)}
+        counts["n_out"] = len(pairs)
+        counts["n_ties"] = sum(p["score_chosen"] == p["score_rejected"] for p in pairs)
+    dsd = fb.to_dataset_dict(pairs, test_size=cfg.test_fraction, seed=cfg.binarize_seed)
+    fb.save_binarized(dsd, out / "binarized")
+    per_member: dict[str, list] = {}
+    for r in rows:
+        for c in r["completions"]:
+            per_member.setdefault(c["model"], []).append(
+                {"overall": c["overall_score"], "mean_aspects": fb.mean_aspect_score(c)})
+    members = {m: {"n": len(v), "overall": sum(x["overall"] for x in v) / len(v),
+                   "mean_aspects": sum(x["mean_aspects"] or 0 for x in v) / len(v),
+                   "overall_scores": [x["overall"] for x in v]} for m, v in per_member.items()}
+    gaps = [p["score_chosen"] - p["score_rejected"] for p in pairs]
+    metrics = {**extra, "binarize": counts, "splits": {k: len(v) for k, v in dsd.items()}, "pool": members,
+               "mean_gap": sum(gaps) / max(1, len(gaps)), "gaps": gaps}
+    write_json(out / "metrics.json", metrics)
+    return metrics
+
+
+STAGE = Stage("aif", AIFConfig, notebook="03_aif", artifact="binarized", build=build)

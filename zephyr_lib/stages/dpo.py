@@ -1,0 +1,51 @@
+"""Stage `dpo`: distilled DPO (dDPO) through TRL's DPOTrainer (the wrapper is :mod:`zephyr_lib.dpo`):
+the policy and the frozen reference both start from `init`; a model is saved after every epoch
+(Figure 3); then the same held-out before/after probe as dSFT, on other prompts.
+
+Notebook: ``notebooks/04_dpo.ipynb``. Run: ``python -m zephyr_lib run --profile toy --stages dpo``.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..config import ConfigError, opt, ref
+from . import Stage
+from .training import SCHEDULES, TrainingConfig, train_and_probe
+
+# TRL 1.16's DPOConfig.loss_type values (the paper's loss is 'sigmoid')
+LOSS_TYPES = ("sigmoid", "hinge", "ipo", "exo_pair", "nca_pair", "robust", "bco_pair", "sppo_hard", "aot",
+              "aot_unpaired", "apo_zero", "apo_down", "discopop", "sft", "sigmoid_norm")
+
+
+@dataclass(frozen=True)
+class DPOConfig(TrainingConfig):
+    """Stage `dpo`: distilled DPO with TRL's DPOTrainer; the reference is a frozen copy of `init`."""
+
+    init: str = ref("sft", "Run whose model is the policy's start and the frozen reference (sft, or base for the ablation).")
+    data: str = ref("aif", "Preference data run (ultrafeedback_binarized schema).")
+    beta: float = opt(0.1, "DPO β (paper: 0.1; handbook: 0.01).", gt=0, paper=0.1)
+    learning_rate: float = opt(5e-7, "Peak learning rate (paper: 5e-7).", gt=0, paper=5e-7)
+    lr_scheduler_type: str = opt("linear", "Schedule shape (paper: linear; handbook: cosine).", choices=SCHEDULES)
+    num_train_epochs: float = opt(3.0, "Epochs (paper: 3; handbook: 1).", gt=0)
+    per_device_train_batch_size: int = opt(8, "Pairs per device per step.", ge=1)
+    max_prompt_length: int = opt(128, "Prompt budget inside max_length (paper: 512); longer prompts keep their end.", ge=1)
+    loss_type: str = opt("sigmoid", "TRL loss type (the paper's loss is 'sigmoid').", choices=LOSS_TYPES)
+    optim: str = opt("adamw_torch", "Optimizer name (the first handbook config used rmsprop).",
+                     choices=("adamw_torch", "adamw_torch_fused", "adamw_hf", "adafactor", "sgd", "rmsprop",
+                              "adamw_8bit", "paged_adamw_8bit", "paged_adamw_32bit"))
+    logging_steps: int = opt(5, "Log every N steps.", ge=1)
+    eval_steps: int = opt(20, "Evaluate on test_prefs every N steps.", ge=1)
+    save_per_epoch: bool = opt(True, "Save a model after every epoch (Figure 3: MT-Bench vs epochs).")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.max_prompt_length >= self.max_length:
+            raise ConfigError("dpo.max_prompt_length must be smaller than dpo.max_length")
+
+
+def build(ctx, out: Path) -> dict:
+    return train_and_probe(ctx, out, probe_seed=20_000)
+
+
+STAGE = Stage("dpo", DPOConfig, notebook="04_dpo", artifact="model", build=build, resumable=True, trainer=True)

@@ -1,0 +1,172 @@
+"""Stage `eval`: every benchmark of :data:`zephyr_lib.evals.benchmarks.BENCHMARKS` that the run
+names (MT-Bench, AlpacaEval 1, the Open LLM Leaderboard tasks), for every model the results need.
+
+Each model's outputs, verdicts and metrics land in ``<run>/<model>/<benchmark>/`` in the
+benchmarks' official formats, plus ``metrics.json`` + ``predictions.jsonl``. A model's results
+are also kept in a content-addressed cache (``runs/<profile>/eval_cache/``, keyed by the model's
+run hash, the benchmark inputs and the judge), so adding one model to ``eval.models`` generates
+and judges for that model only.
+
+Notebook: ``notebooks/05_eval.ipynb``. Run: ``python -m zephyr_lib run --profile toy --stages eval``.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..config import TOY_AGENTS, TOY_JUDGE_VERSION, StageConfig, config_hash, endpoint, opt, ref_run, refs
+from ..io import read_json, write_json, write_jsonl
+from . import Stage
+
+BENCHMARK_NAMES = ("mt_bench", "alpaca_eval", "leaderboard")
+
+
+@dataclass(frozen=True)
+class EvalConfig(StageConfig):
+    """Stage `eval`: MT-Bench, AlpacaEval (v1) and the Open LLM Leaderboard tasks for several models."""
+
+    models: list[str] = refs(["base", "sft", "dpo", "teacher"], "Runs (or run@epoch), toy agents ('teacher', 'reference') or 'endpoint:<name>' to evaluate.")
+    benchmarks: list[str] = opt(["mt_bench", "alpaca_eval", "leaderboard"], "Which benchmarks to run.", choices=BENCHMARK_NAMES)
+    mt_bench_questions: str = opt("toy", "'toy' or a FastChat question.jsonl path/URL.")
+    mt_bench_references: str = opt("", "FastChat reference answers (reference_answer/gpt-4.jsonl) for math, reasoning, coding; toy: the world's answers.")
+    judge_prompts: str = opt("", "FastChat judge_prompts.jsonl path (empty = the toy profile's prompts in FastChat's schema and layouts).")
+    alpaca_eval_set: str = opt("toy", "'toy' or an AlpacaEval eval-set JSON path/URL (805 instructions with text-davinci-003 outputs).")
+    leaderboard_tasks: str = opt("toy", "'toy' (the toy world's four tasks) or 'paper' (arc_challenge, hellaswag, mmlu, truthfulqa_mc2 with the leaderboard v1 settings).",
+                                 choices=("toy", "paper"))
+    mt_bench_pairwise_baseline: str = opt("", "Also run MT-Bench's pairwise mode: every other model against this one, both orders, disagreement = tie (empty = off).", hash_omit_default=True)
+    n_alpaca: int = opt(200, "Toy AlpacaEval instructions (real set: all 805).", ge=1)
+    n_leaderboard: int = opt(200, "Toy questions per leaderboard task.", ge=1)
+    max_new_tokens: int = opt(128, "Generation length (FastChat: 1024).", ge=1)
+    batch_size: int = opt(32, "Generation batch size.", ge=1)
+    n_bootstrap: int = opt(1000, "Bootstrap resamples for 95% intervals.", ge=100)
+    judge: str = endpoint("toy", "Endpoint that judges MT-Bench and AlpacaEval (the paper: GPT-4).")
+    seed: int = opt(0, "Sampling seed.")
+
+
+def eval_inputs(ctx) -> dict:
+    """Questions, judge prompts, references and instruction sets for this run's benchmarks."""
+    from ..evals import alpaca_eval as ae
+    from ..evals import mt_bench as mt
+    from ..evals.toy_prompts import toy_judge_prompts
+    from ..io import fetch
+    from ..toyworld import shared_world, make_agent
+
+    cfg, world = ctx.cfg, shared_world(ctx.world)
+    cache = ctx.root / ctx.profile.name / "downloads"
+    get = lambda src: fetch(src, cache)  # noqa: E731 - local path, or a public URL downloaded once
+    out: dict = {}
+    if cfg.mt_bench_questions == "toy":
+        tasks = world.mt_bench_tasks()
+        out["mt_questions"] = [{"question_id": int(t.id), "category": t.category, "turns": t.turns} for t in tasks]
+        out["mt_references"] = {int(t.id): mt.answer_record(int(t.id), "toy-oracle", [world.answer(s) for s in t.specs])
+                                for t in tasks if t.category in mt.NEED_REF_CATS}
+    else:
+        out["mt_questions"] = mt.load_questions(get(cfg.mt_bench_questions))
+        out["mt_references"] = mt.load_reference_answers(get(cfg.mt_bench_references)) if cfg.mt_bench_references else None
+    out["judge_prompts"] = mt.load_judge_prompts(get(cfg.judge_prompts)) if cfg.judge_prompts else toy_judge_prompts()
+    if cfg.alpaca_eval_set == "toy":
+        tasks = world.alpaca_tasks(cfg.n_alpaca)
+        ref = make_agent(world, "reference", seed=0).respond_many([[{"role": "user", "content": t.turns[0]}] for t in tasks])
+        out["alpaca"] = [{"instruction": t.turns[0], "output": o, "generator": "toy_reference (text-davinci-003 stand-in)",
+                          "dataset": f"toy/{t.category}"} for t, o in zip(tasks, ref)]
+    else:
+        out["alpaca"] = ae.load_instructions(get(cfg.alpaca_eval_set))
+    if "leaderboard" in cfg.benchmarks and cfg.leaderboard_tasks == "toy":
+        out["leaderboard_tasks"] = _toy_leaderboard_tasks(ctx, world)
+    return out
+
+
+def _toy_leaderboard_tasks(ctx, world):
+    """The toy leaderboard tasks as lm-eval task YAMLs with their jsonl data, written once into a
+    content-addressed folder (lm-eval needs absolute data paths: they must outlive this run's partial folder)."""
+    from ..evals import leaderboard as lb
+    from ..toyworld.benchmarks import leaderboard_rows
+
+    rows = leaderboard_rows(world, ctx.cfg.n_leaderboard, seed=ctx.cfg.seed)
+    task_dir = ctx.root / ctx.profile.name / "eval_cache" / "leaderboard_tasks" / config_hash(rows)
+    tasks = {"arc": "toy_arc", "hellaswag": "toy_hellaswag", "truthfulqa_mc2": "toy_truthfulqa_mc2"}
+    mmlu_names = [f"toy_mmlu_{s}" for s in rows["mmlu"]]
+    if not (task_dir / "complete").exists():
+        tmp = task_dir.with_name(f".tmp-{task_dir.name}-{os.getpid()}")
+        shutil.rmtree(tmp, ignore_errors=True)
+        lb.write_mc_task(tmp, "toy_arc", rows["arc"], "arc", fewshot_rows=rows["fewshot"]["arc"])
+        lb.write_mc_task(tmp, "toy_hellaswag", rows["hellaswag"], "hellaswag", fewshot_rows=rows["fewshot"]["hellaswag"])
+        lb.write_mc_task(tmp, "toy_truthfulqa_mc2", rows["truthfulqa_mc2"], "truthfulqa_mc2")
+        mmlu_names = lb.write_mmlu_tasks(tmp, rows["mmlu"], rows["mmlu_dev"], prefix="toy_mmlu")
+        # the YAMLs hold absolute data paths: point them at the final folder before it takes its name
+        for y in tmp.rglob("*.yaml"):
+            y.write_text(y.read_text().replace(str(tmp), str(task_dir)))
+        (tmp / "complete").write_text("\n".join(mmlu_names) + "\n")
+        task_dir.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            os.replace(tmp, task_dir)
+        except OSError:  # another process finished it first
+            shutil.rmtree(tmp, ignore_errors=True)
+    mmlu_names = (task_dir / "complete").read_text().split()
+    return task_dir, {**tasks, "mmlu": mmlu_names}
+
+
+def model_key(ctx, name: str) -> dict:
+    """What a model's answers depend on: its run's hash (and epoch), or the toy agent and world."""
+    if name in TOY_AGENTS:
+        return {"agent": name, "world": dataclasses.asdict(ctx.world)}
+    if name.startswith("endpoint:"):
+        return {"endpoint": dataclasses.asdict(ctx.profile.endpoints[name.split(":", 1)[1]])}
+    return {"run_hash": ctx.profile.run_hash(ref_run(name)), "ref": name.split(ref_run(name), 1)[1]}
+
+
+def build(ctx, out: Path) -> dict:
+    """Every benchmark for every model: from the per-model cache when it has the result, else run."""
+    from .. import modeling
+    from ..agents import judge_for, make_agent
+    from ..evals.benchmarks import BENCHMARKS
+
+    modeling.set_threads()
+    cfg = ctx.cfg
+    inputs = eval_inputs(ctx)
+    write_jsonl(out / "mt_bench_question.jsonl", inputs["mt_questions"])  # FastChat's question.jsonl schema
+    judge = judge_for(ctx, cfg.judge)
+    benches = [BENCHMARKS[b](cfg, inputs) for b in cfg.benchmarks]
+    settings = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in ("models", "mt_bench_pairwise_baseline", "batch_size")}
+    judge_id = TOY_JUDGE_VERSION if cfg.judge == "toy" else dataclasses.asdict(ctx.profile.endpoints[cfg.judge])
+    cache_root = ctx.root / ctx.profile.name / "eval_cache"
+    results: dict = {}
+    for name in cfg.models:
+        model_id = f"zephyr-{ctx.profile.name}-{name}".replace("@", "-epoch")  # FastChat picks the template by id
+        res: dict = {"model_id": model_id}
+        agent = None
+        for bench in benches:
+            folder = out / name / bench.name
+            key = config_hash({"benchmark": bench.name, "settings": settings, "model": model_key(ctx, name),
+                               "model_id": model_id, "judge": judge_id if bench.judged else None})
+            cached = cache_root / bench.name / key
+            if (cached / "metrics.json").exists():
+                shutil.copytree(cached, folder, dirs_exist_ok=True)
+                res[bench.name] = read_json(folder / "metrics.json")
+                continue
+            if agent is None:
+                agent = make_agent(ctx, name, batch_size=cfg.batch_size, seed=cfg.seed)
+            if bench.needs_weights and not hasattr(agent, "path"):
+                continue  # programs and API models have no log-likelihoods
+            folder.mkdir(parents=True, exist_ok=True)
+            res[bench.name] = bench.run(agent, model_id, judge, folder)
+            tmp = cached.with_name(f".tmp-{key}-{os.getpid()}")
+            shutil.rmtree(tmp, ignore_errors=True)
+            shutil.copytree(folder, tmp)
+            shutil.rmtree(cached, ignore_errors=True)
+            os.replace(tmp, cached)
+        results[name] = res
+        del agent
+    for bench in benches:
+        for model, extra in bench.after_all(list(results), judge, out).items():
+            results[model].update(extra)
+    metrics = {"models": results, "judge": getattr(judge.backend, "name", cfg.judge),
+               "judge_stats": judge.stats.as_dict()}
+    write_json(out / "metrics.json", metrics)
+    return metrics
+
+
+STAGE = Stage("eval", EvalConfig, notebook="05_eval", artifact="metrics.json", build=build)

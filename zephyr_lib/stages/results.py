@@ -1,0 +1,170 @@
+"""Stage `results`: the paper's tables and figures beside this run's, with paired-bootstrap
+intervals and computed verdicts. Every cross-run comparison of the book (α vs β, the ablation,
+DPO epochs, the DPO settings tried, the largest regressions) is computed here and stored in the
+run; the page only shows it. Which claims are checked, and which paper row each run stands for,
+are data in the profile (``results.claims``, ``results.analogues``), not run names in code.
+
+Notebook: ``notebooks/06_results.ipynb``. Run: ``python -m zephyr_lib run --profile toy --stages results``.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..config import ConfigError, StageConfig, opt, ref
+from ..io import read_jsonl, write_json
+from . import Stage
+
+DEFAULT_CLAIMS = [
+    "dSFT > base model: sft > base",
+    "dDPO > dSFT (Zephyr-7B-β over its dSFT starting point): dpo > sft",
+    "β > α (curated data beats raw UltraChat): sft > sft_alpha",
+    "dDPO + dSFT > dSFT-1: dpo_1ep > sft",
+    "dSFT-1 > dSFT-2 (more SFT on chosen answers does not help): sft > sft2",
+    "dSFT-1 > dDPO − dSFT (DPO without SFT fails): sft > dpo_base",
+    "3 DPO epochs beat 1: dpo > dpo@1",
+]
+DEFAULT_ANALOGUES = [
+    "base=Mistral-7B-v0.1 (base)", "sft_alpha=dSFT on raw UltraChat (α data)", "sft=dSFT-1 (Table 3)",
+    "dpo=Zephyr-7B-β (dDPO)", "teacher=GPT-3.5-turbo", "reference=text-davinci-003",
+]
+
+
+def _pairs(items: list[str], sep: str, what: str) -> list[tuple[str, str]]:
+    out = []
+    for x in items:
+        if sep not in x:
+            raise ConfigError(f"results.{what}: {x!r} must look like 'a{sep}b'")
+        a, b = x.rsplit(sep, 1) if sep == ":" else x.split(sep, 1)
+        out.append((a.strip(), b.strip()))
+    return out
+
+
+@dataclass(frozen=True)
+class ResultsConfig(StageConfig):
+    """Stage `results`: the paper's tables and figures beside this run's."""
+
+    eval: str = ref("eval", "The eval run whose metrics and predictions feed the tables.")
+    table1: list[str] = opt(["base", "sft_alpha", "sft", "dpo", "teacher", "reference"],
+                            "Models of the Table 1/2 analogue, in order (runs or toy agents).")
+    analogues: list[str] = opt(DEFAULT_ANALOGUES, "'model=paper model': the paper's row each model stands for (its numbers come from results.PAPER_MODELS).")
+    claims: list[str] = opt(DEFAULT_CLAIMS, "'claim: a > b': the paper's findings checked by a paired bootstrap on MT-Bench and AlpacaEval.")
+    ablation: list[str] = opt(["dDPO − dSFT=dpo_base", "dSFT-1=sft", "dSFT-2=sft2", "dDPO + dSFT=dpo_1ep"],
+                              "Table 3 arms as 'arm=run' (the paper's arm names).")
+    epochs: list[str] = opt(["sft", "dpo@1", "dpo@2", "dpo"], "Models of the MT-Bench-vs-DPO-epochs curve (Figure 3).")
+    dpo: str = opt("dpo", "The DPO run whose training curves Figure 3 shows.")
+    sweep: list[str] = opt([], "DPO runs compared with their dSFT start (what was tried when dDPO > dSFT did not reproduce).")
+    alpha_beta: list[str] = opt(["sft_alpha", "sft"], "dSFT runs whose answers' defect rates are compared (α vs β).")
+    regressions: str = opt("sft -> dpo", "'a -> b': list the MT-Bench questions where b lost most against a.")
+    n_bootstrap: int = opt(2000, "Paired-bootstrap resamples for differences between models.", ge=100)
+    seed: int = opt(0, "Bootstrap seed.")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _pairs(self.analogues, "=", "analogues")
+        _pairs(self.claims, ":", "claims")
+        _pairs(self.ablation, "=", "ablation")
+        if self.regressions:
+            _pairs([self.regressions], "->", "regressions")
+
+
+def build(ctx, out: Path) -> dict:
+    """The paper's tables beside this run's, paired comparisons and computed verdicts."""
+    from .. import curate as cur
+    from .. import results as R
+    from ..evals.benchmarks import BENCHMARKS
+
+    cfg = ctx.cfg
+    ev = ctx.upstream(cfg.eval)
+    em = ev.metrics()["models"]
+    have = lambda m, b: m in em and b in em[m]  # noqa: E731
+    items = lambda m, b: BENCHMARKS[b].per_item(ev.dir / m / b)  # noqa: E731
+
+    def row(name: str) -> dict:
+        r: dict = {"model": name}
+        if have(name, "mt_bench"):
+            b = em[name]["mt_bench"]
+            r.update({"mt_bench": b["overall"], "mt_lo": b["ci95"][0], "mt_hi": b["ci95"][1]})
+        if have(name, "alpaca_eval"):
+            b = em[name]["alpaca_eval"]
+            r.update({"alpaca": b["win_rate"], "alpaca_se": b["standard_error"]})
+        if have(name, "leaderboard"):
+            b = em[name]["leaderboard"]
+            r.update({k: 100 * b[k] for k in ("arc", "hellaswag", "mmlu", "truthfulqa_mc2")})
+        return r
+
+    def diff(a: str, b: str, bench: str) -> dict | None:
+        if not (have(a, bench) and have(b, bench)):
+            return None
+        return R.paired_diff(items(a, bench), items(b, bench), cfg.n_bootstrap, cfg.seed,
+                             100.0 if bench == "alpaca_eval" else 1.0)
+
+    verdicts: list[str] = []
+    for claim, pair in _pairs(cfg.claims, ":", "claims"):
+        a, b = _pairs([pair], ">", "claims")[0]
+        for bench, label, unit in (("mt_bench", "MT-Bench", ""), ("alpaca_eval", "AlpacaEval", " pts")):
+            d = diff(a, b, bench)
+            if d is not None:
+                verdicts.append(R.verdict(f"{claim} ({label})", d, unit))
+
+    analogue = dict(_pairs(cfg.analogues, "=", "analogues"))
+    table1 = []
+    for m in cfg.table1:
+        if m in em:
+            name = analogue.get(m, "")
+            p_mt, p_ae, p_se = R.PAPER_MODELS.get(name, (None, None, None))
+            table1.append({**row(m), "paper_analogue": name, "paper_mt_bench": p_mt, "paper_alpaca": p_ae,
+                           "paper_alpaca_se": p_se})
+    table3 = [{"arm": arm, **row(run), "paper_mt_bench": R.PAPER_TABLE3[arm][0], "paper_alpaca": R.PAPER_TABLE3[arm][1]}
+              for arm, run in _pairs(cfg.ablation, "=", "ablation") if run in em and arm in R.PAPER_TABLE3]
+    epochs = [row(m) for m in cfg.epochs if m in em]
+    # α vs β: defect rates of the models' answers on held-out prompts (stage sft) and on MT-Bench
+    alpha_beta = {}
+    for name in cfg.alpha_beta:
+        if name in ctx.profile.runs and have(name, "mt_bench"):
+            held_out = ev.upstream(name).metrics()["model"]
+            answers = [r["answer"] for r in read_jsonl(ev.dir / name / "mt_bench" / "predictions.jsonl")]
+            alpha_beta[name] = {"data": ctx.profile.runs[name].config.data, **cur.defect_rates(answers),
+                                "mt_bench": em[name]["mt_bench"]["overall"],
+                                "held_out_boilerplate_rate": held_out["defects"]["boilerplate_rate"],
+                                "held_out_lowercase_rate": held_out["defects"]["lowercase_rate"],
+                                "held_out_score": held_out["score"], "held_out_stop_rate": held_out["stop_rate"]}
+    dpo_log, dpo_final = [], {}
+    if cfg.dpo in ctx.profile.runs:
+        dctx = ev.upstream(cfg.dpo)
+        dpo_log = read_jsonl(dctx.dir / "log_history.jsonl")
+        dpo_final = {k: v for k, v in dctx.metrics().items() if k.startswith("eval_") and isinstance(v, float)}
+    sweep = []
+    for name in cfg.sweep:
+        if have(name, "mt_bench"):
+            dcfg, dm = ctx.profile.runs[name].config, ev.upstream(name).metrics()
+            entry = {"run": name, "beta": dcfg.beta, "learning_rate": dcfg.learning_rate, "seed": dcfg.seed,
+                     "epochs": dcfg.num_train_epochs, "test_reward_accuracy": dm.get("eval_rewards/accuracies"),
+                     "test_loss": dm.get("eval_loss"), "start": dcfg.init, **row(name)}
+            d = diff(name, dcfg.init, "mt_bench")
+            if d is not None:
+                entry.update({"mt_diff": d["diff"], "mt_diff_lo": d["lo"], "mt_diff_hi": d["hi"]})
+            sweep.append(entry)
+    regressions = []
+    if cfg.regressions:
+        a, b = _pairs([cfg.regressions], "->", "regressions")[0]
+        if have(a, "mt_bench") and have(b, "mt_bench"):
+            pa = {(r["question_id"], r["turn"]): r for r in read_jsonl(ev.dir / a / "mt_bench" / "predictions.jsonl")}
+            pb = {(r["question_id"], r["turn"]): r for r in read_jsonl(ev.dir / b / "mt_bench" / "predictions.jsonl")}
+            both = [{"category": pa[k]["category"], "question": pa[k]["question"], f"answer ({a})": pa[k]["answer"],
+                     f"answer ({b})": pb[k]["answer"], "change": pb[k]["score"] - pa[k]["score"]}
+                    for k in sorted(set(pa) & set(pb), key=str) if pa[k]["score"] >= 0 and pb[k]["score"] >= 0]
+            regressions = sorted(both, key=lambda r: r["change"])[:6]
+    weakest = {}
+    if have(cfg.dpo, "mt_bench"):
+        cats = em[cfg.dpo]["mt_bench"]["categories"]
+        weakest = dict(sorted(cats.items(), key=lambda kv: kv[1])[:2])
+    metrics = {"table1": table1, "table3": table3, "epochs": epochs, "alpha_beta": alpha_beta, "sweep": sweep,
+               "verdicts": verdicts, "dpo_log": dpo_log, "dpo_final": dpo_final, "regressions": regressions,
+               "weakest_categories": weakest,
+               "categories": {m: em[m]["mt_bench"]["categories"] for m in cfg.table1 if have(m, "mt_bench")}}
+    write_json(out / "metrics.json", metrics)
+    return metrics
+
+
+STAGE = Stage("results", ResultsConfig, notebook="06_results", artifact="metrics.json", build=build)

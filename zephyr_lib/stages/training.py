@@ -1,0 +1,99 @@
+"""The settings every trainer-backed stage shares (dSFT, dDPO), declared once, and the one driver
+that trains a stage and probes the result.
+
+The pattern is TRL's shared base config: :class:`TrainingConfig` holds the common fields, grouped
+(what is trained, the schedule, the batch, logging/checkpoints, hardware, LoRA); a stage's config
+subclasses it and adds its own. :func:`train_and_probe` runs ``launch.train_stage`` (in-process, or
+``accelerate launch`` for several processes) and then the held-out before/after probe.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..config import StageConfig, opt, ref
+from ..io import write_json, write_jsonl
+
+SCHEDULES = ("linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup",
+             "inverse_sqrt", "reduce_lr_on_plateau", "cosine_with_min_lr", "warmup_stable_decay")
+LORA_MODULES = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+
+
+@dataclass(frozen=True)
+class TrainingConfig(StageConfig):
+    """Settings shared by the trainer-backed stages (sft, dpo)."""
+
+    # what is trained, on what
+    init: str = ref("base", "Run whose model training starts from.")
+    data: str = ref("", "Run (or run/artifact) holding the training data.")
+    # schedule
+    learning_rate: float = opt(2e-5, "Peak learning rate.", gt=0)
+    lr_scheduler_type: str = opt("linear", "Schedule shape (transformers' SchedulerType).", choices=SCHEDULES)
+    warmup_ratio: float = opt(0.1, "Warmup fraction of the steps (paper: 0.1).", ge=0, lt=1)
+    num_train_epochs: float = opt(1.0, "Epochs.", gt=0)
+    # batch: global batch = per-device × accumulation × processes
+    per_device_train_batch_size: int = opt(16, "Examples per device per step.", ge=1)
+    gradient_accumulation_steps: int = opt(1, "Accumulation steps; global batch = per-device × accumulation × processes.", ge=1)
+    num_processes: int = opt(1, "Processes (GPUs) in all; >1 launches through accelerate.", ge=1)
+    max_length: int = opt(256, "Longest tokenized example in tokens.", ge=8)
+    # logging, evaluation, checkpoints
+    logging_steps: int = opt(10, "Log every N optimizer steps.", ge=1)
+    eval_steps: int = opt(50, "Evaluate on the test split every N steps.", ge=1)
+    # hardware
+    bf16: bool = opt(False, "bfloat16 training (GPUs; CPUs here have no fast bf16 path).")
+    activation_checkpointing: bool = opt(False, "Activation (gradient) checkpointing: saves memory, costs 20-35% time.")
+    accelerate_config: str = opt("", "accelerate config file for multi-process runs (e.g. configs/accelerate/zero3.yaml).")
+    # LoRA / QLoRA (optional; the paper trained all weights)
+    use_peft: bool = opt(False, "Train LoRA adapters (peft) instead of all weights, for smaller GPUs; needs `pip install peft`.", hash_omit_default=True)
+    lora_r: int = opt(16, "LoRA rank (use_peft).", ge=1, hash_omit_default=True)
+    lora_alpha: int = opt(32, "LoRA scaling alpha (use_peft).", ge=1, hash_omit_default=True)
+    lora_dropout: float = opt(0.05, "LoRA dropout (use_peft).", ge=0, lt=1, hash_omit_default=True)
+    lora_target_modules: list[str] = opt(LORA_MODULES, "Modules that get LoRA adapters (use_peft; Mistral's attention and MLP projections).", hash_omit_default=True)
+    load_in_4bit: bool = opt(False, "QLoRA: load the frozen base weights in 4-bit NF4 (use_peft, CUDA only); needs `pip install bitsandbytes`.", hash_omit_default=True)
+    seed: int = opt(0, "Training seed.")
+
+    @property
+    def global_batch_size(self) -> int:
+        return self.per_device_train_batch_size * self.gradient_accumulation_steps * self.num_processes
+
+
+def held_out_before_after(ctx, init, trained: Path, seed: int, prefix: str, n: int = 96):
+    """Greedy answers of the initial and the trained model to `n` new toy prompts (disjoint from
+    every benchmark): per-prompt rows, and per model the judge stand-in's mean score, the rate of
+    answers that end with eos, and the α/β defect rates."""
+    from .. import curate as cur
+    from ..generate import ModelAgent
+    from ..toyworld import shared_world, assess
+    from .curate import N_ALPACA_MAX
+
+    world = shared_world(ctx.world)
+    probe = world.tasks(n, seed=seed, followups=0, prefix=prefix, exclude=world.eval_prompts(N_ALPACA_MAX))
+    convs = [[{"role": "user", "content": t.turns[0]}] for t in probe]
+    rows = [{"prompt": c[0]["content"], "category": t.category} for c, t in zip(convs, probe)]
+    metrics = {}
+    for who, path in (("init", init), ("model", trained)):
+        answers, stopped = ModelAgent(path, name=who).respond_many(convs, max_new_tokens=96, return_stopped=True,
+                                                                  desc=f"held-out answers ({who})")
+        scores = [assess(world, t.specs[0], a).score10() for t, a in zip(probe, answers)]
+        for r, a, st, sc in zip(rows, answers, stopped, scores):
+            r.update({f"{who}_answer": a, f"{who}_stopped": st, f"{who}_score": sc})
+        metrics[who] = {"stop_rate": sum(stopped) / len(stopped), "score": sum(scores) / len(scores),
+                        "defects": cur.defect_rates(answers)}
+    return rows, metrics
+
+
+def train_and_probe(ctx, out: Path, probe_seed: int) -> dict:
+    """Train the run's stage (``launch.train_stage``), then probe the model before and after on
+    held-out prompts; writes log_history.jsonl, samples.jsonl and metrics.json."""
+    from .. import launch, modeling
+
+    modeling.set_threads()
+    cfg, stage = ctx.cfg, ctx.run.stage
+    init, data = ctx.resolve(cfg.init), ctx.resolve(cfg.data)
+    res = launch.train_stage(stage, cfg, init, data, out)  # in-process, or accelerate launch for >1 process
+    write_jsonl(out / "log_history.jsonl", res.pop("log_history"))
+    rows, held_out = held_out_before_after(ctx, init, out / "model", seed=probe_seed + cfg.seed, prefix=f"{stage}probe")
+    metrics = {**res, **held_out}
+    write_jsonl(out / "samples.jsonl", rows)
+    write_json(out / "metrics.json", metrics)
+    return metrics
