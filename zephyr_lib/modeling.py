@@ -134,12 +134,46 @@ def weights_source(path: str | Path) -> tuple[str, dict]:
     return str(path), {}
 
 
-def load_model(path: str | Path, dtype=torch.float32):
-    """A causal LM and its tokenizer from a local folder or hub id."""
+DEVICES = ("auto", "cpu", "cuda")
+
+
+def resolve_device(device: str = "auto", setting: str = "device") -> str:
+    """'auto' -> 'cuda' when a CUDA device is visible, else 'cpu'; 'cpu', 'cuda' and 'cuda:N' as
+    given. Asking for CUDA where there is none is a ValueError naming ``setting`` (the config key
+    the value came from), never a silent fall-back to CPU."""
+    dev = str(device or "auto").strip().lower()
+    if dev == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if dev == "cpu":
+        return "cpu"
+    if dev == "cuda" or dev.startswith("cuda:"):
+        if not torch.cuda.is_available():
+            raise ValueError(f"{setting}={device!r}: no CUDA device is visible on this machine "
+                             f"(torch {torch.__version__}, CUDA build: {torch.version.cuda is not None}); "
+                             f"set {setting} to 'auto' or 'cpu'")
+        if ":" in dev:
+            index = dev.split(":", 1)[1]
+            if not index.isdigit() or int(index) >= torch.cuda.device_count():
+                raise ValueError(f"{setting}={device!r}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+        return dev
+    raise ValueError(f"{setting}={device!r}: expected one of {DEVICES} or 'cuda:N'")
+
+
+def default_dtype(device: str):
+    """bfloat16 on a GPU (what the paper trained and evaluated in), float32 on CPU (no fast bf16 path)."""
+    return torch.bfloat16 if str(device).startswith("cuda") else torch.float32
+
+
+def load_model(path: str | Path, dtype=None, device: str = "auto", setting: str = "device"):
+    """A causal LM and its tokenizer from a local folder or hub id, in eval mode on ``device``
+    (:func:`resolve_device`; ``setting`` names the config key in errors) and in ``dtype`` (default:
+    :func:`default_dtype` of the device)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    dev = resolve_device(device, setting)
     tok = AutoTokenizer.from_pretrained(path)
     source, kwargs = weights_source(path)
-    model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, **kwargs)
+    model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype if dtype is not None else default_dtype(dev), **kwargs)
+    model.to(dev)
     model.eval()
     return model, tok
