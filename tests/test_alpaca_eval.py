@@ -216,3 +216,113 @@ def test_offline_stand_in_judge_end_to_end(eval_set, zephyr):
             expected.append(2.0 if len(mod["output"]) > len(ref["output"]) else 1.0)
     assert prefs == expected
     assert ae.win_rate(prefs)["n"] == 200
+
+
+# ---------------------------------------------------------------- the baseline, the run's judge step
+
+BASELINE_AS_JUDGED = REF / "text_davinci_003_baseline_as_judged.json"
+
+
+def test_baseline_check_detects_the_later_davinci_outputs():
+    rows, info = ae.load_baseline(_need(BASELINE_AS_JUDGED))
+    assert info["kind"] == "as_judged" and info["n"] == 805 and round(info["mean_chars"]) == 482
+    with pytest.raises(ae.BaselineError, match=r"results/text_davinci_003/model_outputs.json .*785 of 805 outputs differ"):
+        ae.load_baseline(_need(REFERENCE_OUTPUTS))
+    later, info = ae.load_baseline(REFERENCE_OUTPUTS, strict=False)
+    assert info["kind"] == "later_davinci" and round(info["mean_chars"]) == 308
+    assert ae.check_baseline(later, as_judged=rows, strict=False)["n_differ"] == 785
+    assert ae.check_baseline(rows, as_judged=rows)["n_differ"] == 0
+    one_changed = [dict(r) for r in rows]
+    one_changed[0]["output"] += " "
+    assert ae.check_baseline(one_changed)["kind"] == "other"  # a toy or custom set passes, named as such
+
+
+def _replay_backend(annotations):
+    """A judge that answers alpaca_eval_gpt4's prompt as GPT-4 did in the real annotations (its
+    ranking text for the order shown), and with prose where GPT-4's reply was unparsable."""
+    from zephyr_lib.judges import Completion
+
+    by_instruction = {a["instruction"]: a for a in annotations}
+
+    class Replay:
+        name = "replay-gpt4"
+        calls = 0
+
+        def complete(self, messages, *, temperature, max_tokens):
+            Replay.calls += 1
+            assert (temperature, max_tokens) == (0, 100)
+            info = ae.extract_annotator_messages(messages)
+            a = by_instruction[info["instruction"]]
+            if a["preference"] is None:
+                return Completion("Both answers are fine.")
+            switched = ae.is_switched(info["instruction"])
+            assert (info["output_1"], info["output_2"]) == ((a["output_2"], a["output_1"]) if switched
+                                                            else (a["output_1"], a["output_2"]))
+            model_wins = a["preference"] == 2.0
+            rank_1 = 1 if switched == model_wins else 2
+            return Completion(str([{"model": "model_1", "rank": rank_1}, {"model": "model_2", "rank": 3 - rank_1}]))
+
+    return Replay()
+
+
+def test_paper_win_rate_through_the_run_path(tmp_path):
+    """90.60 +- 1.03 from the baseline loader, the model's outputs and the judge step a paper run
+    uses (prompt, swap, parser, a judges.Judge with its cache), the judge replaying GPT-4."""
+    from zephyr_lib.judges import Judge
+
+    annotations = ae.load_annotations(_need(ANNOTATIONS))
+    baseline, info = ae.load_baseline(_need(BASELINE_AS_JUDGED))
+    assert info["kind"] == "as_judged"
+    zephyr = {r["instruction"]: r["output"] for r in ae.load_model_outputs(_need(ZEPHYR_OUTPUTS), baseline)}
+    outputs = [zephyr[b["instruction"]] for b in baseline]
+    backend = _replay_backend(annotations)
+    judge = Judge(backend, tmp_path / "cache", progress=False)
+    rows, metrics = ae.judge_outputs(baseline, outputs, "zephyr-7b-beta", judge)
+    assert round(metrics["win_rate"], 2) == 90.60 and round(metrics["standard_error"], 2) == 1.03
+    assert (metrics["n"], metrics["n_dropped"], metrics["n_unparsed"], metrics["n_judge_failed"]) == (803, 2, 2, 0)
+    assert backend.calls == 804  # one identical output needs no call
+    assert [r["preference"] for r in rows] == [a["preference"] for a in annotations]
+
+
+def test_failed_judge_calls_are_recorded_and_retried_on_the_rerun(tmp_path):
+    from zephyr_lib.judges import Completion, Judge, TransportError
+
+    instrs = [{"instruction": f"Name a colour ({i}).", "output": "Blue.", "generator": "text_davinci_003",
+               "dataset": "helpful_base"} for i in range(6)]
+    outputs = ["Red, a warm colour.", "Green.", "Blue.", "Yellow, like the sun.", "Purple.", "Orange."]
+
+    class Flaky:
+        name = "flaky"
+        down = {"Name a colour (1).", "Name a colour (4)."}
+        asked: list = []
+
+        def complete(self, messages, *, temperature, max_tokens):
+            info = ae.extract_annotator_messages(messages)
+            Flaky.asked.append(info["instruction"])
+            if info["instruction"] in Flaky.down:
+                raise TransportError("HTTP 503 from the judge")
+            longer_first = len(info["output_1"]) >= len(info["output_2"])
+            return Completion(str([{"model": "model_1", "rank": 1 if longer_first else 2},
+                                   {"model": "model_2", "rank": 2 if longer_first else 1}]))
+
+    judge = Judge(Flaky(), tmp_path / "cache", progress=False)
+    rows, m = ae.judge_outputs(instrs, outputs, "m", judge)  # no exception: recorded and counted
+    assert [r["preference"] for r in rows] == [2.0, None, 0.0, 2.0, None, 2.0]
+    assert [("judge_error" in r) for r in rows] == [False, True, False, False, True, False]
+    assert "HTTP 503" in rows[1]["judge_error"]
+    assert (m["n_judge_failed"], m["n"], m["n_dropped"], m["win_rate"]) == (2, 4, 2, pytest.approx(87.5))
+    assert sorted(Flaky.asked) == sorted(i["instruction"] for i in instrs if i["instruction"] != "Name a colour (2).")
+    Flaky.down, Flaky.asked = set(), []
+    rows, m = ae.judge_outputs(instrs, outputs, "m", judge)  # the rerun asks only for the failed calls
+    assert sorted(Flaky.asked) == ["Name a colour (1).", "Name a colour (4)."]
+    assert m["n_judge_failed"] == 0 and m["n"] == 6 and not any("judge_error" in r for r in rows)
+    assert ae.annotate_preference("x", "a", "b", None) is None  # no reply: no preference, never an exception
+
+
+def test_decoding_settings():
+    from types import SimpleNamespace
+
+    assert ae.decoding_settings(SimpleNamespace(max_new_tokens=1024)) == \
+        {"temperature": 0.0, "top_p": 1.0, "max_new_tokens": 1024}  # today's greedy path
+    paper = SimpleNamespace(max_new_tokens=1024, alpaca_temperature=0.7, alpaca_top_p=1.0, alpaca_max_new_tokens=2048)
+    assert ae.decoding_settings(paper) == ae.ZEPHYR_DECODING == {"temperature": 0.7, "top_p": 1.0, "max_new_tokens": 2048}

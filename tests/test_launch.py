@@ -263,3 +263,163 @@ def test_dpo_two_cpu_processes_end_to_end(tiny_base, prefs, tmp_path):
     assert (out / "epoch-1" / "config.json").is_file()
     assert not (out / "prefs_cache").exists()  # the shared on-disk copy of the data is removed after training
     assert any("rewards/accuracies" in e for e in res["log_history"]) and "eval_rewards/accuracies" in res
+
+
+# ---- several machines: cluster resolution, commands per node, topology, dry run ----------------
+
+def test_first_host_of_slurm_nodelists():
+    assert launch.first_host("gpu[003-004,007],cpu01") == "gpu003"
+    assert launch.first_host("node17") == "node17"
+    assert launch.first_host("a100-[12,15]") == "a100-12"
+    with pytest.raises(ValueError, match="empty SLURM node list"):
+        launch.first_host(" ")
+
+
+def test_cluster_from_slurm_and_zephyr_environment():
+    (run,) = _runs("paper", "sft")
+    cfg = run.config  # 16 processes
+    slurm = {"SLURM_NODEID": "1", "SLURM_JOB_NODELIST": "gpu[003-004]", "MASTER_PORT": "29611"}
+    assert launch.cluster_for(cfg, slurm, num_machines=2) == launch.Cluster(2, 1, "gpu003", 29611)
+    mine = {**slurm, "ZEPHYR_MACHINE_RANK": "0", "ZEPHYR_MAIN_PROCESS_IP": "10.1.2.3", "ZEPHYR_MAIN_PROCESS_PORT": "30001"}
+    assert launch.cluster_for(cfg, mine, num_machines=2) == launch.Cluster(2, 0, "10.1.2.3", 30001)
+    assert launch.cluster_for(cfg, {"SLURM_NODEID": "0", "SLURM_JOB_NODELIST": "n1,n2"}, num_machines=2).main_process_port == 29500
+    # one machine: nothing from the environment matters (and nothing enters the run hash)
+    assert launch.cluster_for(cfg, slurm) == launch.Cluster(1, 0, "", None)
+    with pytest.raises(ConfigError, match="rank is unknown: set ZEPHYR_MACHINE_RANK"):
+        launch.cluster_for(cfg, {"SLURM_JOB_NODELIST": "n1,n2"}, num_machines=2)
+    with pytest.raises(ConfigError, match="address is unknown: set ZEPHYR_MAIN_PROCESS_IP"):
+        launch.cluster_for(cfg, {"ZEPHYR_MACHINE_RANK": "1"}, num_machines=2)
+    with pytest.raises(ConfigError, match="machine rank 2 is outside 0..1"):
+        launch.cluster_for(cfg, {**slurm, "SLURM_NODEID": "2"}, num_machines=2)
+    with pytest.raises(ConfigError, match="num_processes=16 does not divide over num_machines=3"):
+        launch.cluster_for(cfg, slurm, num_machines=3)
+    with pytest.raises(ConfigError, match="ZEPHYR_MACHINE_RANK='one' is not an integer"):
+        launch.cluster_for(cfg, {"ZEPHYR_MACHINE_RANK": "one"}, num_machines=2)
+
+
+def test_two_node_zero3_commands_as_accelerate_reads_them(tmp_path):
+    """Both nodes run the same command but for --machine_rank; accelerate turns each into 8 local
+    processes of a 16-process job (torchrun: nproc_per_node 8, nnodes 2, this node's rank)."""
+    from accelerate.commands.launch import _validate_launch_command, launch_command_parser
+    from accelerate.utils.launch import prepare_deepspeed_cmd_env
+
+    (run,) = _runs("paper", "sft")
+    cfg, out = run.config, tmp_path / "sft"
+    cmds = [launch.launch_command("sft", cfg, "m", tmp_path / "d", out, cluster=launch.Cluster(2, r, "10.0.0.1", 29500))
+            for r in (0, 1)]
+    i = cmds[0].index("--num_processes")
+    assert cmds[0][i:i + 10] == ["--num_processes", "16", "--num_machines", "2", "--machine_rank", "0",
+                                 "--main_process_ip", "10.0.0.1", "--main_process_port", "29500"]
+    assert [a for a in cmds[0] if a != "0"] == [a for a in cmds[1] if a != "1"]  # only the rank differs
+    for rank, cmd in enumerate(cmds):
+        args, _, _ = _validate_launch_command(launch_command_parser().parse_args(cmd[3:]))
+        args.deepspeed_fields_from_accelerate_config = ""  # set by accelerate's launch_command before this call
+        assert args.use_deepspeed and args.deepspeed_multinode_launcher == "standard"
+        ds_cmd, _ = prepare_deepspeed_cmd_env(args)
+        assert ds_cmd is None  # "standard": torchrun on every node, no pdsh/ssh
+        assert (args.nproc_per_node, args.nnodes, args.node_rank) == ("8", "2", rank)
+        assert args.rdzv_endpoint == "10.0.0.1:29500"
+        assert list(launch.global_ranks(cfg, launch.Cluster(2, rank, "10.0.0.1", 29500))) == list(range(8 * rank, 8 * rank + 8))
+
+
+def test_topology_refuses_16_processes_on_one_8_gpu_machine():
+    (run,) = _runs("paper", "sft")
+    cfg = run.config
+    with pytest.raises(ConfigError, match=r"sft: num_processes=16 on num_machines=1 starts 16 processes per machine, "
+                                          r"but a machine has 8 GPUs: set sft.num_machines=2"):
+        launch.check_topology("sft", cfg, 8, 1)
+    launch.check_topology("sft", cfg, 8, 2)
+    launch.check_topology("sft", cfg, 16, 1)
+    with pytest.raises(ConfigError, match="needs GPUs, and this machine has none"):
+        launch.check_topology("sft", cfg, 0, 2)
+    launch.check_topology("dpo", dataclasses.replace(DPOConfig(), num_processes=2), 0)  # CPU processes (gloo)
+
+
+def test_train_stage_is_the_main_nodes_part(tmp_path):
+    cfg = dataclasses.replace(DPOConfig(), num_processes=2)
+    with pytest.raises(ConfigError, match="node 1 joins with `python -m zephyr_lib.launch node`"):
+        launch.train_stage("dpo", cfg, "i", "d", tmp_path, cluster=launch.Cluster(2, 1, "10.0.0.1", 29500))
+    assert not (tmp_path / "stage_config.json").exists()
+
+
+def test_follow_waits_for_the_main_node_and_joins_with_its_rank(tmp_path, monkeypatch):
+    from zephyr_lib.store import context
+
+    prof = load_profile("toy", ["sft.num_processes=2"])
+    ctx = context(prof, "sft", tmp_path)
+    for name in ("base", "curate"):  # the upstream runs, as the main node's pipeline left them
+        up = context(prof, name, tmp_path)
+        (up.dir / ("model" if name == "base" else "beta")).mkdir(parents=True)
+        (up.dir / "manifest.json").write_text("{}")
+    cluster = launch.Cluster(2, 1, "10.0.0.1", 29500)
+    seen = []
+    monkeypatch.setattr(launch, "_run_logged", lambda stage, cmd, log, what: seen.append((stage, cmd, log, what)))
+    monkeypatch.setattr(launch.time, "sleep", lambda s: (_ for _ in ()).throw(AssertionError("waited")))
+    with pytest.raises(AssertionError, match="waited"):  # no stage_config.json yet: it waits
+        launch.follow(prof, "sft", cluster=cluster, root=tmp_path)
+    ctx.partial_dir.mkdir(parents=True)
+    (ctx.partial_dir / "stage_config.json").write_text(json.dumps({**dataclasses.asdict(ctx.cfg), "learning_rate": 1.0}))
+    with pytest.raises(launch.LaunchError, match="differs from this node's config"):
+        launch.follow(prof, "sft", cluster=cluster, root=tmp_path)
+    (ctx.partial_dir / "stage_config.json").write_text(json.dumps(dataclasses.asdict(ctx.cfg)))
+    assert launch.follow(prof, "sft", cluster=cluster, root=tmp_path) == "done"
+    ((stage, cmd, log, what),) = seen
+    assert stage == "sft" and log == ctx.partial_dir / "launch-node1.log" and what == "1 of 2 process(es)"
+    assert cmd[cmd.index("--machine_rank") + 1] == "1" and cmd[cmd.index("--out") + 1] == str(ctx.partial_dir)
+    assert cmd[cmd.index("--init") + 1] == str(context(prof, "base", tmp_path).dir / "model")
+    with pytest.raises(ConfigError, match="node 0 runs the pipeline"):
+        launch.follow(prof, "sft", cluster=launch.Cluster(2, 0, "10.0.0.1", 29500), root=tmp_path)
+
+
+def test_dry_run_paper_on_two_nodes_of_eight(tmp_path, capsys):
+    lines: list[str] = []
+    plan = launch.dry_run("paper", gpus_per_node=8, num_machines=2, main_process_ip="10.0.0.1",
+                          root=tmp_path, echo=lines.append)
+    assert plan["errors"] == []
+    runs = plan["runs"]
+    assert list(runs) == ["base", "curate", "sft", "aif", "dpo", "eval", "results"]
+    assert runs["base"]["config"]["pretrained"] == "mistralai/Mistral-7B-v0.1"
+    sft_cfg, dpo_cfg = runs["sft"]["config"], runs["dpo"]["config"]
+    # PAPER.md section 2: dSFT global batch 512, lr 2e-5, cosine, warmup 0.1, 1 epoch, sequence length 2048
+    assert runs["sft"]["global_batch_size"]["total"] == 512
+    assert (sft_cfg["learning_rate"], sft_cfg["lr_scheduler_type"], sft_cfg["warmup_ratio"],
+            sft_cfg["num_train_epochs"], sft_cfg["max_length"], sft_cfg["packing"]) == (2e-5, "cosine", 0.1, 1.0, 2048, True)
+    # dDPO: global batch 32, lr 5e-7, linear, beta 0.1, 3 epochs
+    assert runs["dpo"]["global_batch_size"]["total"] == 32
+    assert (dpo_cfg["learning_rate"], dpo_cfg["lr_scheduler_type"], dpo_cfg["beta"], dpo_cfg["num_train_epochs"]) == \
+        (5e-7, "linear", 0.1, 3.0)
+    for name in ("sft", "dpo"):
+        nodes = runs[name]["launch"]
+        assert [n["global_ranks"] for n in nodes] == [[0, 7], [8, 15]]
+        for rank, node in enumerate(nodes):
+            cmd = node["command"]
+            assert cmd[cmd.index("--machine_rank") + 1] == str(rank)
+            assert cmd[cmd.index("--num_processes") + 1] == "16" and cmd[cmd.index("--num_machines") + 1] == "2"
+            assert cmd[cmd.index("--main_process_ip") + 1] == "10.0.0.1"
+            assert cmd[cmd.index("--config_file") + 1] == str(REPO / "configs" / "accelerate" / "zero3.yaml")
+            assert f"node {rank} (global ranks {8 * rank}-{8 * rank + 7}, local GPUs 0-7):" in lines
+    assert runs["sft"]["init"] == str(tmp_path / "paper" / "base" / runs["base"]["hash"] / "model")
+    assert runs["dpo"]["init"] == str(tmp_path / "paper" / "sft" / runs["sft"]["hash"] / "model")
+    assert runs["dpo"]["data"] == str(tmp_path / "paper" / "aif" / runs["aif"]["hash"] / "binarized")
+    judge = runs["eval"]["judge"]
+    assert judge["model"] == "gpt-4-0613" and judge["alpaca_eval"] == {"temperature": 0, "max_tokens": 100}
+    assert judge["mt_bench"] == {"temperature": 0.0, "max_tokens": 2048}
+    assert runs["eval"]["decoding"]["mt_bench"]["temperature_by_category"]["writing"] == 0.7
+    assert runs["aif"]["config"]["source"] == "HuggingFaceH4/ultrafeedback_binarized"
+    # nothing was built
+    assert not any(tmp_path.iterdir())
+
+
+def test_dry_run_reports_a_cluster_too_small_and_the_cli_exit_code(tmp_path, capsys):
+    from zephyr_lib.__main__ import main
+
+    plan = launch.dry_run("paper", gpus_per_node=8, num_machines=1, root=tmp_path, echo=lambda *a: None)
+    assert plan["errors"] == ["sft: needs 2 machines, the cluster has 1", "dpo: needs 2 machines, the cluster has 1"]
+    assert "launch" not in plan["runs"]["sft"]
+    assert main(["run", "--profile", "paper", "--dry-run", "--gpus-per-node", "8", "--num-machines", "2",
+                 "--stages", "sft"]) == 0
+    out = capsys.readouterr().out
+    assert "node 1 (global ranks 8-15, local GPUs 0-7):" in out and "--machine_rank 1" in out
+    assert "## dpo" not in out  # only sft and what it needs
+    assert main(["run", "--profile", "paper", "--dry-run", "--num-machines", "1", "--stages", "sft"]) == 1
+    assert "ERROR: sft: needs 2 machines, the cluster has 1" in capsys.readouterr().out

@@ -1,6 +1,7 @@
 """Command line: ``python -m zephyr_lib`` (also installed as ``zephyr``).
 
     zephyr run --profile toy [--stages base,curate] [--set run.key=value ...] [--force]
+    zephyr run --profile paper --dry-run [--gpus-per-node 8 --num-machines 2]   # commands, configs; no training
     zephyr config --profile toy [--run sft]     # resolved configs and hashes
     zephyr status --profile toy                 # which runs are complete
     zephyr book --profile toy                   # check the book's pages, write provenance
@@ -29,6 +30,10 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--stages", default="", help="comma-separated runs or stages (and what they need)")
     r.add_argument("--force", action="store_true", help="rerun even if a complete run exists")
     r.add_argument("--timeout", type=float, default=None, help="time limit per stage, seconds")
+    r.add_argument("--dry-run", action="store_true",
+                   help="print every run's resolved config and the exact launch commands per node; train nothing")
+    r.add_argument("--gpus-per-node", type=int, default=8, help="--dry-run: GPUs per machine (default 8)")
+    r.add_argument("--num-machines", type=int, default=2, help="--dry-run: machines in the cluster (default 2)")
     c.add_argument("--run", default=None)
     b = sub.add_parser("book", help="check the executed pages and write provenance for the book")
     b.add_argument("--profile", default="toy")
@@ -45,6 +50,11 @@ def main(argv: list[str] | None = None) -> int:
             for msg in problems:
                 print(f"error: {msg}", file=sys.stderr)
             return 1 if problems else 0
+        if a.cmd == "run" and a.dry_run:
+            from .launch import dry_run
+            stages = [x.strip() for x in a.stages.split(",") if x.strip()] or None
+            plan = dry_run(a.profile, a.gpus_per_node, a.num_machines, sets=a.sets, stages=stages)
+            return 1 if plan["errors"] else 0
         if a.cmd == "run":
             from .runner import StageFailed, run_pipeline
             stages = [x.strip() for x in a.stages.split(",") if x.strip()] or None

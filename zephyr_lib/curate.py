@@ -632,6 +632,26 @@ def load_ultrachat_200k(source: str | os.PathLike, split: str | None = None, rev
     return loaded[split] if split is not None else datasets.DatasetDict(loaded)
 
 
+def save_ultrachat_200k(source: str | os.PathLike, out_dir: str | os.PathLike, revision: str | None = None,
+                        *, name: str = "beta") -> dict:
+    """The paper's dSFT data as published: load ``HuggingFaceH4/ultrachat_200k`` (or a local copy in
+    its layout; :func:`load_ultrachat_200k`, every row validated) and save its four splits as the
+    curate run's ``<out_dir>/<name>`` DatasetDict, the folder sft reads (``curate/beta``). No
+    re-curation: the rows are H4's. Returns ``{"source", "revision", "splits": {split: rows}}``;
+    a missing split is a DataError naming the source."""
+    dsd = load_ultrachat_200k(source, revision=revision)
+    if not hasattr(dsd, "keys"):
+        raise DataError(f"{source}: one file is one split; ultrachat_200k needs the folder with {', '.join(SPLITS)}")
+    missing = [s for s in SPLITS if s not in dsd]
+    if missing:
+        raise DataError(f"{source}: no split(s) {missing} (has {sorted(dsd)}); ultrachat_200k has {', '.join(SPLITS)}")
+    import datasets
+
+    dsd = datasets.DatasetDict({s: dsd[s] for s in SPLITS})
+    save_dataset(dsd, Path(out_dir) / name)
+    return {"source": str(source), "revision": revision or "", "splits": {s: len(dsd[s]) for s in SPLITS}}
+
+
 # ----------------------------------------------------------------------------------------------
 # Command line
 # ----------------------------------------------------------------------------------------------

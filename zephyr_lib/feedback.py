@@ -55,7 +55,7 @@ import shutil
 import tempfile
 from collections import Counter
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
 from .io import DataError, iter_jsonl, read_json, require
 
@@ -937,3 +937,153 @@ def save_binarized(dsd, out_dir: str | os.PathLike, *, fmt: str = "disk") -> Pat
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return out
+
+
+# --------------------------------------------------------------------------------------------
+# 8. The original UltraFeedback prompts (OpenBMB/UltraFeedback @ bf80fd4, MIT), loaded at run time
+# --------------------------------------------------------------------------------------------
+# The prompts above are a close paraphrase (the toy judge's cache is keyed by them, so they stay
+# as they are). A run with a real judge can use the original texts instead: they are read at run
+# time from their public source or a local copy, parsed as Python source text (never executed
+# or imported), and filled exactly as UltraFeedback's annotation scripts fill them.
+
+_UF_RAW = "https://raw.githubusercontent.com/OpenBMB/UltraFeedback/bf80fd4/src/"
+ORIGINAL_SOURCES = {
+    "templates": _UF_RAW + "data_annotation/preference_templates.py",
+    "critique": _UF_RAW + "data_annotation/annotate_critique.py",
+    "principles": _UF_RAW + "comparison_data_generation/main.py",
+}
+#: annotate_preference.get_eval (ratings: max_tokens 500) and annotate_critique.get_eval (1024).
+ORIGINAL_CALL_SETTINGS = {"rating": {"temperature": 0.0, "top_p": 0.6, "max_tokens": 500},
+                          "critique": {"temperature": 0.0, "top_p": 0.6, "max_tokens": 1024}}
+_TEMPLATE_NAMES = ("system_prompt", "instruction_following_template", "honesty_template",
+                   "truthfulness_template_with_answer", "truthfulness_template_without_answer",
+                   "helpfulness_template_with_answer", "helpfulness_template_without_answer")
+#: main.py's principle draw per UltraFeedback source: (choices drawn uniformly, honesty -> 10%
+#: verbalized_calibration); sources not listed use helpfulness.
+PRINCIPLE_CHOICES = {
+    "sharegpt": ("helpfulness", "helpfulness", "helpfulness", "truthfulness", "honesty"),
+    "ultrachat": ("helpfulness", "helpfulness", "helpfulness", "truthfulness", "honesty"),
+    "flan": ("helpfulness", "helpfulness", "helpfulness", "helpfulness", "verbalized_calibration"),
+    "evol_instruct": ("helpfulness",),
+    "truthful_qa": ("honesty", "truthfulness"),
+    "false_qa": ("honesty", "truthfulness"),
+}
+
+
+def _string_constants(path: Path) -> dict[str, Any]:
+    """Module-level ``name = <literal>`` assignments of a Python file, read with ``ast`` (the file
+    is never executed). Non-literal values are skipped."""
+    import ast
+
+    try:
+        tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+    except SyntaxError as e:
+        raise DataError(f"{path}: not Python source (line {e.lineno}): {e.msg}") from None
+    out: dict[str, Any] = {}
+    for node in tree.body:
+        if isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name):
+            try:
+                out[node.targets[0].id] = ast.literal_eval(node.value)
+            except ValueError:
+                continue
+    return out
+
+
+def _original_file(source: str | os.PathLike, cache_dir: str | os.PathLike | None) -> Path:
+    from .io import fetch
+
+    if str(source).startswith(("http://", "https://")) and cache_dir is None:
+        raise ValueError(f"{source}: a URL needs a cache_dir to download into")
+    return fetch(source, cache_dir or ".")
+
+
+def load_original_templates(source: str | os.PathLike = ORIGINAL_SOURCES["templates"], *,
+                            critique_source: str | os.PathLike = ORIGINAL_SOURCES["critique"],
+                            cache_dir: str | os.PathLike | None = None) -> dict[str, str]:
+    """UltraFeedback's rating templates (preference_templates.py) and critique prompts
+    (annotate_critique.py: ``critique_system_prompt``, ``feedback_prompt``) from URLs (downloaded
+    once into ``cache_dir``) or local paths. Raises DataError naming the file and missing name."""
+    out: dict[str, str] = {}
+    for src, names, rename in ((source, _TEMPLATE_NAMES, {}),
+                               (critique_source, ("system_prompt", "feedback_prompt"),
+                                {"system_prompt": "critique_system_prompt"})):
+        path = _original_file(src, cache_dir)
+        consts = _string_constants(path)
+        for name in names:
+            if not isinstance(consts.get(name), str):
+                raise DataError(f"{path}: no string {name!r} (is this UltraFeedback's "
+                                f"{Path(str(src)).name} at commit bf80fd4?)")
+            out[rename.get(name, name)] = consts[name]
+    return out
+
+
+def load_original_principles(source: str | os.PathLike = ORIGINAL_SOURCES["principles"], *,
+                             cache_dir: str | os.PathLike | None = None) -> dict[str, list[str]]:
+    """The completion principles (system prompts) of UltraFeedback's comparison_data_generation/
+    main.py: ``{principle: [prompt, ...]}`` (helpfulness, harmlessness, honesty, truthfulness,
+    verbalized_calibration)."""
+    path = _original_file(source, cache_dir)
+    principles = _string_constants(path).get("principles")
+    if not isinstance(principles, dict) or not all(
+            isinstance(v, list) and v and all(isinstance(x, str) for x in v) for v in principles.values()):
+        raise DataError(f"{path}: no dict 'principles' of non-empty prompt lists")
+    return principles
+
+
+def draw_principle(source: str, principles: Mapping[str, Sequence[str]], rng: random.Random) -> tuple[str, str]:
+    """(principle, system prompt) for one completion, drawn as main.py draws it for ``source``:
+    the source's choices uniformly, honesty turned into verbalized_calibration 10% of the time,
+    then one prompt of that principle uniformly."""
+    principle = rng.choice(PRINCIPLE_CHOICES.get(source, ("helpfulness",)))
+    if principle == "honesty" and rng.random() >= 0.9:
+        principle = "verbalized_calibration"
+    if principle not in principles:
+        raise KeyError(f"principle {principle!r} not in the loaded principles {sorted(principles)}")
+    return principle, rng.choice(list(principles[principle]))
+
+
+def _original_template(templates: Mapping[str, str], aspect: str, with_wk: bool) -> str:
+    if aspect in ("instruction_following", "honesty"):
+        return templates[f"{aspect}_template"]
+    if aspect in TYPED_ASPECTS:
+        return templates[f"{aspect}_template_{'with' if with_wk else 'without'}_answer"]
+    raise ValueError(f"unknown aspect {aspect!r}; expected one of {ASPECTS}")
+
+
+def build_original_aspect_messages(templates: Mapping[str, str], aspect: str, instruction: str,
+                                   completions: Sequence[str], world_knowledge: str = "") -> list[dict]:
+    """The [system, user] messages of UltraFeedback's rating call for one aspect:
+    ``system_prompt`` and the aspect's template filled with ``str.format`` (instruction,
+    text_1..text_4, and world_knowledge for truthfulness/helpfulness when given: the "with answer"
+    templates). The original templates rate exactly four texts."""
+    if len(completions) != 4:
+        raise ValueError(f"the original UltraFeedback templates rate exactly 4 completions, got {len(completions)}")
+    with_wk = aspect in TYPED_ASPECTS and bool(world_knowledge)
+    fields = {"instruction": instruction, **{f"text_{i}": c for i, c in enumerate(completions, 1)}}
+    if with_wk:
+        fields["world_knowledge"] = world_knowledge
+    user = _original_template(templates, aspect, with_wk).format(**fields)
+    return [{"role": "system", "content": templates["system_prompt"]}, {"role": "user", "content": user}]
+
+
+def build_original_critique_messages(templates: Mapping[str, str], instruction: str, completion: str,
+                                     custom_system_prompt: str = "", principle: str = "") -> list[dict]:
+    """The [system, user] messages of UltraFeedback's critique / overall-score call
+    (annotate_critique.annotate): the instruction followed by "Note: " + the completion's
+    principle prompt (for verbalized_calibration only its part before "For instance, ")."""
+    note = custom_system_prompt
+    if principle == "verbalized_calibration":
+        note = note.split("For instance, ")[0].strip()
+    user = templates["feedback_prompt"].format(instruction="\n".join([instruction, "Note: " + note]),
+                                               completion=completion)
+    return [{"role": "system", "content": templates["critique_system_prompt"]}, {"role": "user", "content": user}]
+
+
+def aspect_messages(aspect: str, instruction: str, completions: Sequence[str], world_knowledge: str = "",
+                    templates: Mapping[str, str] | None = None) -> list[dict]:
+    """The rating request for one aspect: the paraphrase (:func:`build_aspect_messages`, the toy
+    judge's prompts, byte for byte) when ``templates`` is None, else the original templates."""
+    if templates is None:
+        return build_aspect_messages(aspect, instruction, completions, world_knowledge)
+    return build_original_aspect_messages(templates, aspect, instruction, completions, world_knowledge)

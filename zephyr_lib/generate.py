@@ -44,7 +44,8 @@ def chat_generate(model, tokenizer, conversations: list[list[dict]], *, max_new_
             else:
                 batches.append([i])
         for b, idx in enumerate(tqdm(batches, desc=desc or "generate", disable=desc is False)):
-            enc = tokenizer([prompts[i] for i in idx], return_tensors="pt", padding=True, add_special_tokens=False)
+            enc = tokenizer([prompts[i] for i in idx], return_tensors="pt", padding=True,
+                            add_special_tokens=False).to(model.device)
             t = temps[idx[0]]
             torch.manual_seed(seed + b)
             gen = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=t > 0,
@@ -62,14 +63,17 @@ def chat_generate(model, tokenizer, conversations: list[list[dict]], *, max_new_
 class ModelAgent:
     """A trained model behind the same interface as the toy world's agents."""
 
-    def __init__(self, path: str | Path, name: str | None = None, batch_size: int = 32, seed: int = 0):
+    def __init__(self, path: str | Path, name: str | None = None, batch_size: int = 32, seed: int = 0,
+                 device: str = "auto"):
         self.path, self.name = Path(path), name or Path(path).name
-        self.model, self.tokenizer = load_model(path)
+        self.model, self.tokenizer = load_model(path, device=device)  # auto: the GPU when there is one
         self.batch_size, self.seed = batch_size, seed
 
     def respond_many(self, conversations, *, max_new_tokens: int = 128, temperature: float = 0.0,
                      temperatures: list[float] | None = None, desc: str | None = None,
                      return_stopped: bool = False):
+        if self.model is None:
+            raise RuntimeError(f"{self.name}: the model was released (vllm_backend.release); make a new agent")
         return chat_generate(self.model, self.tokenizer, conversations, max_new_tokens=max_new_tokens,
                              temperature=temperature, temperatures=temperatures, batch_size=self.batch_size,
                              seed=self.seed, desc=desc or f"generate ({self.name})", return_stopped=return_stopped)

@@ -9,8 +9,11 @@ hub model (``mistralai/Mistral-7B-v0.1``) and gives its tokenizer the Zephyr cha
 
 Tokenizer conventions (see PAPER.md §2 and §6): eos ``</s>`` closes every turn, the pad token
 ``<pad>`` is distinct from eos (pad = eos would mask the eos label and the model would never
-learn to stop), no BOS is added (so there is no double BOS), and the role markers are single
-tokens.
+learn to stop), the toy template adds no BOS (so there is no double BOS), and the role markers
+are single tokens. At paper scale (:func:`prepare_hub_tokenizer`) the template starts with
+Mistral's ``<s>`` (:data:`CHAT_TEMPLATE_BOS`), as the original SFT and FastChat's generation had
+it; TRL, ``generate.chat_generate`` and the vLLM agent tokenize the rendered template without
+adding special tokens, so every sequence gets exactly one BOS (:func:`check_single_bos`).
 """
 from __future__ import annotations
 
@@ -34,6 +37,64 @@ CHAT_TEMPLATE = (
     "{% endfor %}"
     "{% if add_generation_prompt %}{{ '<|assistant|>\n' }}{% endif %}"
 )
+
+# Paper scale: Mistral's BOS first, once per sequence (the tokenizer itself must not add another).
+CHAT_TEMPLATE_BOS = "{{ bos_token }}" + CHAT_TEMPLATE
+
+
+def chat_template(bos: bool = False) -> str:
+    """The Zephyr chat template; with ``bos`` it starts with the tokenizer's BOS token."""
+    return CHAT_TEMPLATE_BOS if bos else CHAT_TEMPLATE
+
+
+_PROBE = [{"role": "user", "content": "Hello."}, {"role": "assistant", "content": "Hi."},
+          {"role": "user", "content": "Bye."}]
+
+
+def bos_counts(tok, messages: list[dict] | None = None) -> dict:
+    """How many BOS tokens each tokenization path of the project puts in front of a conversation:
+    ``train`` (TRL: ``apply_chat_template(tokenize=True)``), ``generate`` (chat_generate and the vLLM
+    agent: the rendered prompt tokenized with ``add_special_tokens=False``) and ``encode_default``
+    (the rendered text through ``tok(text)`` with the tokenizer's own special tokens: the path to
+    avoid, shown for comparison)."""
+    msgs = messages or _PROBE
+    bos = tok.bos_token_id
+    if bos is None:
+        return {"train": 0, "generate": 0, "encode_default": 0}
+    train = tok.apply_chat_template(msgs, tokenize=True, return_dict=True)["input_ids"]
+    text = tok.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
+    gen = tok(text, add_special_tokens=False)["input_ids"]
+    default = tok(text)["input_ids"]
+    return {k: sum(1 for t in ids if t == bos) for k, ids in
+            (("train", train), ("generate", gen), ("encode_default", default))}
+
+
+def check_single_bos(tok, name: str = "tokenizer") -> dict:
+    """Raise ValueError unless training and generation both see exactly one BOS per sequence
+    (for a tokenizer that has a BOS token); returns :func:`bos_counts`."""
+    counts = bos_counts(tok)
+    if tok.bos_token_id is not None:
+        bad = {k: v for k, v in counts.items() if k != "encode_default" and v != 1}
+        if bad:
+            raise ValueError(f"{name}: expected exactly one BOS ({tok.bos_token!r}) per sequence, got {bad} "
+                             "(two: the tokenizer adds one and the template another; none: the template lacks "
+                             "{{ bos_token }})")
+    return counts
+
+
+def prepare_hub_tokenizer(tok, name: str, *, bos: bool = True):
+    """A pretrained hub tokenizer (Mistral-7B-v0.1's) made ready for the pipeline: a pad token
+    distinct from eos (``<unk>``, which Mistral's tokenizer never produces, so the vocabulary and
+    embeddings keep their size), the Zephyr chat template, starting with BOS when ``bos`` (the
+    paper), checked to give exactly one BOS per sequence. ``name`` is for error messages."""
+    if tok.pad_token is None or tok.pad_token == tok.eos_token:
+        # pad = eos would mask the eos labels
+        if tok.unk_token is None or tok.unk_token == tok.eos_token:
+            raise ValueError(f"{name}: no pad token distinct from eos, and no <unk> to use as one")
+        tok.pad_token = tok.unk_token
+    tok.chat_template = chat_template(bos=bos and tok.bos_token is not None)
+    check_single_bos(tok, name)
+    return tok
 
 
 def set_threads() -> None:
@@ -134,12 +195,46 @@ def weights_source(path: str | Path) -> tuple[str, dict]:
     return str(path), {}
 
 
-def load_model(path: str | Path, dtype=torch.float32):
-    """A causal LM and its tokenizer from a local folder or hub id."""
+DEVICES = ("auto", "cpu", "cuda")
+
+
+def resolve_device(device: str = "auto", setting: str = "device") -> str:
+    """'auto' -> 'cuda' when a CUDA device is visible, else 'cpu'; 'cpu', 'cuda' and 'cuda:N' as
+    given. Asking for CUDA where there is none is a ValueError naming ``setting`` (the config key
+    the value came from), never a silent fall-back to CPU."""
+    dev = str(device or "auto").strip().lower()
+    if dev == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if dev == "cpu":
+        return "cpu"
+    if dev == "cuda" or dev.startswith("cuda:"):
+        if not torch.cuda.is_available():
+            raise ValueError(f"{setting}={device!r}: no CUDA device is visible on this machine "
+                             f"(torch {torch.__version__}, CUDA build: {torch.version.cuda is not None}); "
+                             f"set {setting} to 'auto' or 'cpu'")
+        if ":" in dev:
+            index = dev.split(":", 1)[1]
+            if not index.isdigit() or int(index) >= torch.cuda.device_count():
+                raise ValueError(f"{setting}={device!r}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+        return dev
+    raise ValueError(f"{setting}={device!r}: expected one of {DEVICES} or 'cuda:N'")
+
+
+def default_dtype(device: str):
+    """bfloat16 on a GPU (what the paper trained and evaluated in), float32 on CPU (no fast bf16 path)."""
+    return torch.bfloat16 if str(device).startswith("cuda") else torch.float32
+
+
+def load_model(path: str | Path, dtype=None, device: str = "auto", setting: str = "device"):
+    """A causal LM and its tokenizer from a local folder or hub id, in eval mode on ``device``
+    (:func:`resolve_device`; ``setting`` names the config key in errors) and in ``dtype`` (default:
+    :func:`default_dtype` of the device)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    dev = resolve_device(device, setting)
     tok = AutoTokenizer.from_pretrained(path)
     source, kwargs = weights_source(path)
-    model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, **kwargs)
+    model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype if dtype is not None else default_dtype(dev), **kwargs)
+    model.to(dev)
     model.eval()
     return model, tok

@@ -8,7 +8,13 @@ ids passed as-is (no second BOS), greedy at temperature 0, per-conversation temp
 grouping, answers stripped and in input order, ``stopped`` = the model ended by itself
 (finish_reason "stop") rather than hitting ``max_new_tokens``.
 
-vLLM is not a dependency of this project: install it on a CUDA machine (``pip install vllm``)
+GPU memory: vLLM reserves ``gpu_memory_utilization`` (its default 0.9) of the GPU for weights and
+KV cache, so lm-eval cannot load the same model beside it. :func:`memory_plan` orders an eval of
+one model: the generation benchmarks first (vLLM at the configured fraction), then
+:func:`release` (engine deleted, vLLM's process groups destroyed, ``torch.cuda.empty_cache()``),
+then lm-eval alone on the GPU.
+
+vLLM is not a dependency of this project: install it on a CUDA machine (``requirements-paper.txt``)
 to use it. Sampled answers (temperature > 0) are reproducible for a given seed and batch, but
 not bitwise equal to transformers' samples.
 """
@@ -99,6 +105,8 @@ class VLLMAgent:
     def respond_many(self, conversations: Sequence[list[dict]], *, max_new_tokens: int = 128,
                      temperature: float = 0.0, temperatures: Sequence[float] | None = None,
                      desc: str | None = None, return_stopped: bool = False, **_: Any):
+        if self.llm is None:
+            raise RuntimeError(f"{self.name}: the vLLM engine was released (vllm_backend.release); make a new agent")
         convs = [list(c) for c in conversations]
         temps = [float(t) for t in temperatures] if temperatures is not None else [float(temperature)] * len(convs)
         if len(temps) != len(convs):
@@ -122,6 +130,74 @@ class VLLMAgent:
                 out[i] = best.text.strip()
                 stopped[i] = best.finish_reason == "stop"
         return (out, stopped) if return_stopped else out
+
+
+GENERATION_BENCHMARKS = ("mt_bench", "alpaca_eval")
+LOGLIKELIHOOD_BENCHMARKS = ("leaderboard",)
+DEFAULT_GPU_MEMORY_UTILIZATION = 0.9  # vLLM's own default
+
+
+def memory_plan(benchmarks: Sequence[str], *, use_vllm: bool,
+                gpu_memory_utilization: float = DEFAULT_GPU_MEMORY_UTILIZATION,
+                gpu_gib: float | None = None, model_gib: float | None = None,
+                setting: str = "eval.vllm_gpu_memory_utilization") -> dict:
+    """How one model's evaluation shares the GPU between vLLM and lm-eval.
+
+    Returns ``{"steps": [...], "gpu_memory_utilization": f}``: the generation benchmarks (MT-Bench,
+    AlpacaEval) first, with vLLM holding fraction ``f`` of the GPU when ``use_vllm``; then, if a
+    log-likelihood benchmark follows, ``"release"`` (:func:`release` the generation agent) before
+    ``"leaderboard"`` loads the model into lm-eval on an empty GPU. The two never hold the GPU at
+    the same time. With ``gpu_gib`` and ``model_gib`` (weights), a fraction that cannot hold
+    the weights is a ValueError naming ``setting``."""
+    unknown = [b for b in benchmarks if b not in GENERATION_BENCHMARKS + LOGLIKELIHOOD_BENCHMARKS]
+    if unknown:
+        raise ValueError(f"memory_plan: unknown benchmark(s) {unknown}")
+    f = float(gpu_memory_utilization)
+    if not 0.0 < f <= 1.0:
+        raise ValueError(f"{setting}={gpu_memory_utilization!r}: must be in (0, 1]")
+    if use_vllm and gpu_gib is not None and model_gib is not None and f * gpu_gib <= model_gib:
+        raise ValueError(f"{setting}={f}: vLLM would get {f * gpu_gib:.1f} GiB of the {gpu_gib:.0f} GiB GPU, "
+                         f"not enough for the model's {model_gib:.1f} GiB of weights plus a KV cache")
+    gen = [b for b in GENERATION_BENCHMARKS if b in benchmarks]
+    ll = [b for b in LOGLIKELIHOOD_BENCHMARKS if b in benchmarks]
+    steps = list(gen)
+    if ll and gen:
+        steps.append("release")
+    steps += ll
+    return {"steps": steps, "gpu_memory_utilization": f if use_vllm and gen else None}
+
+
+def release(agent: Any) -> None:
+    """Free the GPU memory a generation agent holds, before another model (lm-eval) is loaded.
+
+    A VLLMAgent: its engine is deleted and vLLM's model-parallel and distributed state destroyed
+    (so a second engine or lm-eval can start in the same process); a ModelAgent: its model is
+    deleted. Then garbage collection and ``torch.cuda.empty_cache()``. The agent cannot generate
+    afterwards (its ``respond_many`` raises)."""
+    import gc
+
+    if isinstance(agent, VLLMAgent):
+        if getattr(agent, "llm", None) is not None:
+            agent.llm = None
+            try:
+                from vllm.distributed.parallel_state import destroy_distributed_environment, destroy_model_parallel
+            except ImportError:  # an older/newer vLLM layout: deleting the engine is what remains
+                log.warning("vllm.distributed.parallel_state not found: the engine was deleted without destroying "
+                            "its process groups")
+            else:
+                destroy_model_parallel()
+                destroy_distributed_environment()
+    elif getattr(agent, "model", None) is not None:
+        agent.model = None
+    gc.collect()
+    try:
+        import torch
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
+    except ImportError:
+        pass
 
 
 def generation_agent(path: str | Path, name: str | None = None, backend: str = "auto", *, seed: int = 0,

@@ -19,6 +19,15 @@ Mirrors tatsu-lab/alpaca_eval (the 0.3-era code the Zephyr paper used):
   and 1.5 = draw; the swap is undone with ``3 - x``;
 - metric: ``metrics.pairwise_to_winrate``: 0 -> 1.5, win rate = mean(preference - 1) * 100,
   standard error = sample SEM (ddof 1) * 100.
+
+The baseline (reference outputs) of AlpacaEval 1 is the hub dataset ``tatsu-lab/alpaca_eval``,
+config ``alpaca_eval`` (file ``alpaca_eval.json``): :func:`load_baseline` reads it from the hub or a
+local copy, and :func:`check_baseline` recognises alpaca_eval's ``results/text_davinci_003/
+model_outputs.json`` (a later davinci generation: 785 of 805 outputs differ, 36% shorter), which
+is not what GPT-4 judged. :func:`judge_outputs` is the whole judge step of a run: a failed judge
+call is recorded (preference None, ``judge_error``) and counted, never raised, and since failures
+are not cached a rerun asks only for them. Zephyr's own AlpacaEval generation sampled
+(:data:`ZEPHYR_DECODING`).
 """
 from __future__ import annotations
 
@@ -43,6 +52,15 @@ ANNOTATOR_CONFIG = {"model_name": "gpt-4-0613", "temperature": 0, "max_tokens": 
 SWITCH_SEED = 0
 _SWITCH_COLUMN = "is_switched_outputs"
 MODEL_OUTPUT_FIELDS = ("instruction", "output", "generator", "dataset")
+#: Where AlpacaEval 1 (alpaca_eval 0.3.x, ``ALPACAEVAL_REFERENCE_OUTPUTS``) takes its baseline.
+BASELINE_SOURCE = {"hub_id": "tatsu-lab/alpaca_eval", "config": "alpaca_eval", "file": "alpaca_eval.json"}
+#: Fingerprints (:func:`outputs_fingerprint`) of the two text_davinci_003 output sets in circulation:
+#: the baseline GPT-4 judged Zephyr against (mean output 482 characters), and alpaca_eval's
+#: results/text_davinci_003/model_outputs.json (a later generation, mean 308 characters).
+BASELINE_FINGERPRINT = "81d9e3490579af0cc68e16dde46131ace7bc0f02a662794072b407570b58cd34"
+LATER_DAVINCI_FINGERPRINT = "9c7ad113356979ae1673f0ed63ff7b08966eb7586716a2b6fdcd659f99de546a"
+#: How Zephyr-7B-beta's AlpacaEval outputs were generated (sampled; PAPER.md section 5).
+ZEPHYR_DECODING = {"temperature": 0.7, "top_p": 1.0, "max_new_tokens": 2048}
 
 #: alpaca_eval_gpt4's prompt template (alpaca_eval.txt), in ChatML as the repository stores it.
 ALPACA_EVAL_GPT4_TEMPLATE = '''<|im_start|>system
@@ -112,6 +130,75 @@ def load_instructions(path: str | Path) -> list[dict]:
     if not rows:
         raise DataError(f"{path}: empty eval set")
     return rows
+
+
+def outputs_fingerprint(rows: Sequence[Mapping]) -> str:
+    """sha256 over (instruction, output) pairs in instruction order: identifies an output set."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for r in sorted(rows, key=lambda r: r["instruction"]):
+        h.update(hashlib.sha256(r["instruction"].encode("utf-8")).digest())
+        h.update(hashlib.sha256(r["output"].encode("utf-8")).digest())
+    return h.hexdigest()
+
+
+class BaselineError(DataError):
+    """The reference outputs are not the AlpacaEval 1 baseline (the message says which set they are)."""
+
+
+def check_baseline(rows: Sequence[Mapping], where: str = "baseline", *, as_judged: Sequence[Mapping] | None = None,
+                   strict: bool = True) -> dict:
+    """Which text_davinci_003 outputs ``rows`` are. Returns ``{"kind", "fingerprint", "n",
+    "mean_chars", "n_differ"}``; kind is "as_judged" (the AlpacaEval 1 baseline), "later_davinci"
+    (alpaca_eval's results/text_davinci_003/model_outputs.json) or "other" (a toy or custom set).
+
+    "later_davinci" raises :class:`BaselineError` when ``strict`` (its win rates are not the
+    paper's: 785 of 805 outputs differ from what GPT-4 judged, and they are 36% shorter). With
+    ``as_judged`` (the baseline rows), ``n_differ`` counts instructions whose outputs differ."""
+    fp = outputs_fingerprint(rows)
+    kind = "as_judged" if fp == BASELINE_FINGERPRINT else "later_davinci" if fp == LATER_DAVINCI_FINGERPRINT else "other"
+    info = {"kind": kind, "fingerprint": fp, "n": len(rows),
+            "mean_chars": sum(len(r["output"]) for r in rows) / max(1, len(rows))}
+    if as_judged is not None:
+        ref = {r["instruction"]: r["output"] for r in as_judged}
+        info["n_differ"] = sum(1 for r in rows if r["instruction"] in ref and ref[r["instruction"]] != r["output"])
+    if kind == "later_davinci" and strict:
+        raise BaselineError(
+            f"{where}: these are alpaca_eval's results/text_davinci_003/model_outputs.json (a later text-davinci-003 "
+            f"generation, mean {info['mean_chars']:.0f} characters), not the AlpacaEval 1 baseline GPT-4 judged "
+            "(785 of 805 outputs differ, mean 482 characters): use the hub dataset tatsu-lab/alpaca_eval, "
+            "config alpaca_eval (eval.alpaca_eval_set: tatsu-lab/alpaca_eval)")
+    return info
+
+
+def load_baseline(source: str | Path, revision: str | None = None, *, cache_dir: str | Path | None = None,
+                  strict: bool = True) -> tuple[list[dict], dict]:
+    """The AlpacaEval 1 eval set with its reference outputs: ``(rows, check_baseline info)``.
+
+    ``source``: the hub id ``tatsu-lab/alpaca_eval`` (its ``alpaca_eval.json``, the config
+    ``alpaca_eval`` that alpaca_eval 0.3.x loads; ``revision`` pins it) or a local JSON file in
+    the model_outputs schema. Raises BaselineError for alpaca_eval's later davinci outputs
+    (``strict``)."""
+    src = str(source)
+    if src == BASELINE_SOURCE["hub_id"]:
+        from huggingface_hub import hf_hub_download
+
+        path = Path(hf_hub_download(src, BASELINE_SOURCE["file"], repo_type="dataset", revision=revision,
+                                    cache_dir=str(cache_dir) if cache_dir else None))
+    else:
+        path = Path(src)
+    rows = load_instructions(path)
+    return rows, check_baseline(rows, str(path), strict=strict)
+
+
+def decoding_settings(cfg: Any) -> dict:
+    """The AlpacaEval generation settings an eval config resolves to: ``alpaca_temperature``,
+    ``alpaca_top_p`` and ``alpaca_max_new_tokens`` when the config has them (paper profile:
+    :data:`ZEPHYR_DECODING`), else greedy with ``cfg.max_new_tokens`` (0 means that too)."""
+    max_new = int(getattr(cfg, "alpaca_max_new_tokens", 0) or cfg.max_new_tokens)
+    return {"temperature": float(getattr(cfg, "alpaca_temperature", 0.0)),
+            "top_p": float(getattr(cfg, "alpaca_top_p", 1.0)), "max_new_tokens": max_new}
 
 
 def model_outputs(instructions: Sequence[Mapping], outputs: Sequence[str], generator: str) -> list[dict]:
@@ -262,11 +349,12 @@ def annotate_preference(instruction: str, output_1: str, output_2: str, reply: s
                         seed: int = SWITCH_SEED) -> float | None:
     """Preference in AlpacaEval's convention for (output_1 = reference, output_2 = model):
     0.0 if the outputs are identical (no judge needed), else the parsed ranking of ``reply``
-    (judge saw the swapped order when is_switched) mapped back with 3 - x; None if unparsed."""
+    (judge saw the swapped order when is_switched) mapped back with 3 - x; None if unparsed or
+    if there is no reply (a failed judge call)."""
     if output_1 == output_2:
         return 0.0
-    if reply is None:
-        raise ValueError("a judge reply is needed when the outputs differ")
+    if reply is None:  # no reply (a failed call): no preference; judge_outputs records and counts it
+        return None
     parsed = parse_ranking(reply)
     if parsed is None:
         return None
@@ -346,6 +434,51 @@ def load_annotations(path: str | Path) -> list[dict]:
             raise DataError(str(e)) from None
         out.append({**row, "preference": pref})
     return out
+
+
+def judge_outputs(instructions: Sequence[Mapping], outputs: Sequence[str], model_id: str, judge: Any, *,
+                  seed: int = SWITCH_SEED, desc: str | None = None) -> tuple[list[dict], dict]:
+    """The judge step of an AlpacaEval run: annotate ``outputs`` (the model's, in eval-set order)
+    against the eval set's reference outputs with ``judge`` (a ``judges.Judge``), alpaca_eval_gpt4's
+    prompt, swap and call settings. Returns ``(annotation rows, metrics)``.
+
+    Identical outputs get preference 0 without a call; an unparsable reply gives None (dropped, as
+    alpaca_eval does); a failed call gives None with ``judge_error`` set and is counted in
+    ``n_judge_failed`` (its row is left out of the win rate). Failed calls are not cached, so
+    running this again asks only for them. ``metrics`` is :func:`win_rate` plus ``n_judge_failed``
+    and ``n_unparsed`` (``win_rate`` is None when no preference is left)."""
+    if len(instructions) != len(outputs):
+        raise ValueError(f"{len(instructions)} instructions but {len(outputs)} outputs")
+    reqs = [annotator_request(i["instruction"], i["output"], o, seed) for i, o in zip(instructions, outputs)]
+    need = [k for k, r in enumerate(reqs) if r["needs_judge"]]
+    replies = judge.complete_many([reqs[k]["messages"] for k in need], temperature=ANNOTATOR_CONFIG["temperature"],
+                                  max_tokens=ANNOTATOR_CONFIG["max_tokens"], desc=desc or f"AlpacaEval judge ({model_id})")
+    reply_of = dict(zip(need, replies))
+    rows, n_failed, n_unparsed = [], 0, 0
+    for k, (inst, out) in enumerate(zip(instructions, outputs)):
+        res = reply_of.get(k)
+        error = None
+        if res is None:
+            pref = annotate_preference(inst["instruction"], inst["output"], out, None, seed)
+        elif not res.ok or res.text is None:
+            pref, error = None, res.error or "judge call failed"
+            n_failed += 1
+        else:
+            pref = annotate_preference(inst["instruction"], inst["output"], out, res.text, seed)
+            n_unparsed += pref is None
+        row = annotation_record(inst["instruction"], inst["output"], out, pref,
+                                generator_1=inst.get("generator", REFERENCE_GENERATOR), generator_2=model_id,
+                                dataset=inst.get("dataset", ""), raw_completion=res.text if res is not None else None)
+        if error is not None:
+            row["judge_error"] = error
+        rows.append(row)
+    prefs = [r["preference"] for r in rows]
+    try:
+        metrics = win_rate(prefs)
+    except ValueError:  # every call failed or was unparsable: nothing to score yet
+        metrics = {"win_rate": None, "standard_error": None, "n": 0, "n_dropped": len(prefs)}
+    metrics.update({"n_judge_failed": n_failed, "n_unparsed": n_unparsed})
+    return rows, metrics
 
 
 def win_rate(preferences: Iterable[Any]) -> dict:

@@ -299,19 +299,29 @@ def flatten_results(results: Mapping) -> dict:
     return flat
 
 
+def _device_and_dtype(device: str) -> tuple[str, str]:
+    """lm-eval's device string and dtype name for a requested device (auto/cpu/cuda/cuda:N)."""
+    from zephyr_lib.modeling import resolve_device
+
+    dev = resolve_device(device, "eval.device")
+    return dev, ("bfloat16" if dev.startswith("cuda") else "float32")
+
+
 def run_lm_eval(model_dir: str | Path, task_dir: str | Path, tasks: Sequence[str],
                 num_fewshot: int | None = None, batch_size: int | str = 8, limit: int | float | None = None,
-                add_bos_token: bool | None = PAPER_SETTINGS["add_bos_token"], device: str = "cpu") -> dict:
+                add_bos_token: bool | None = PAPER_SETTINGS["add_bos_token"], device: str = "auto") -> dict:
     """Evaluate a local HF model on local tasks with ``lm_eval.simple_evaluate`` (model "hf",
-    float32, tasks indexed only from ``task_dir``). ``num_fewshot`` overrides every task's YAML
-    value when given. Returns flatten_results(...) of the run."""
+    tasks indexed only from ``task_dir``) on ``device`` (``modeling.resolve_device``: auto = the
+    GPU when there is one; float32 on CPU, bfloat16 on GPU). ``num_fewshot`` overrides every
+    task's YAML value when given. Returns flatten_results(...) of the run."""
     import lm_eval
     from lm_eval.tasks import TaskManager
 
     tasks = list(tasks)
     if not tasks:
         raise ValueError("run_lm_eval: no tasks")
-    model_args = f"pretrained={Path(model_dir).resolve()},dtype=float32"
+    device, dtype = _device_and_dtype(device)
+    model_args = f"pretrained={Path(model_dir).resolve()},dtype={dtype}"
     if add_bos_token is not None:
         model_args += f",add_bos_token={add_bos_token}"
     task_manager = TaskManager(include_path=str(Path(task_dir).resolve()), include_defaults=False)
@@ -373,14 +383,16 @@ def leaderboard_summary(metrics: Mapping[str, Any], tasks: Mapping[str, str | Se
     return out
 
 
-def run_paper_leaderboard(model_dir: str | Path, batch_size: int | str = "auto", device: str = "cuda",
+def run_paper_leaderboard(model_dir: str | Path, batch_size: int | str = "auto", device: str = "auto",
                           limit: int | float | None = None) -> dict:
     """The Open LLM Leaderboard v1 on the real lm-eval tasks, with PAPER_SETTINGS (per-task few-shot,
-    no BOS); MMLU is the unweighted mean over its 57 subjects. Needs the hub (datasets) and a GPU."""
+    no BOS); MMLU is the unweighted mean over its 57 subjects. Needs the hub (datasets); ``device``
+    as in :func:`run_lm_eval` (a GPU in practice: bfloat16 there)."""
     import lm_eval
     from lm_eval.tasks import TaskManager
 
-    model_args = f"pretrained={model_dir},dtype=bfloat16,add_bos_token={PAPER_SETTINGS['add_bos_token']}"
+    device, dtype = _device_and_dtype(device)
+    model_args = f"pretrained={model_dir},dtype={dtype},add_bos_token={PAPER_SETTINGS['add_bos_token']}"
     out: dict = {}
     tm = TaskManager()
     for key, spec in PAPER_SETTINGS["benchmarks"].items():
