@@ -418,15 +418,9 @@ def node_rank(env: dict | None = None) -> int:
 def _planned(profile: Any, ref: str, root: Path | None = None) -> Path:
     """Where run reference ``ref`` ('sft', 'curate/beta', 'dpo@2') lives in the store, whether or not
     it has been built yet (RunContext.resolve without the existence checks)."""
-    from .config import ref_run
-    from .store import DEFAULT_ARTIFACT, RUNS_DIR, context
+    from .store import RUNS_DIR, artifact_path
 
-    up = context(profile, ref_run(ref), root or RUNS_DIR)
-    if "@" in ref:
-        return up.dir / f"epoch-{ref.split('@', 1)[1]}"
-    if "/" in ref:
-        return up.dir / ref.split("/", 1)[1]
-    return up.dir / DEFAULT_ARTIFACT[up.run.stage]
+    return artifact_path(profile, ref, root or RUNS_DIR)
 
 
 def follow(profile: Any, run_name: str, *, cluster: Cluster | None = None, root: Path | None = None,
@@ -487,7 +481,7 @@ def node_main(argv: list[str] | None = None) -> int:
         return run_pipeline(a.profile, stages, a.sets, a.force)
     prof = load_profile(a.profile, a.sets)
     for run in prof.order(stages):
-        if run.stage in STAGES and needs_launcher(run.config) and cluster_for(run.config).multi_node:
+        if run.stage in trainer_stages() and needs_launcher(run.config) and cluster_for(run.config).multi_node:
             follow(prof, run.name)
     return 0
 
@@ -510,17 +504,19 @@ def _stage_machines(cfg: Any, gpus_per_node: int) -> tuple[int, bool]:
     return max(1, -(-cfg.num_processes // max(1, gpus_per_node))), True
 
 
-def _judge_settings(stage: str, cfg: Any) -> dict:
-    """The call settings a stage's judge uses (the same constants the stage code sends)."""
+def _judge_settings(stage: str, cfg: Any, prof) -> dict:
+    """The call settings a stage's judge uses (its endpoint, and the same constants the stage code sends)."""
+    ep = prof.endpoints[cfg.judge]
+    endpoint = {"endpoint": cfg.judge, "kind": ep.kind, "model": ep.model, "base_url": ep.url, "api_key_env": ep.api_key_env}
     if stage == "aif":
         from . import feedback as fb
         calls = getattr(fb, "ORIGINAL_CALL_SETTINGS", None)
-        return {"model": cfg.judge_model, "base_url": cfg.judge_base_url, "api_key_env": cfg.judge_api_key_env,
+        return {**endpoint,
                 "templates": getattr(cfg, "templates", "") or "paraphrase (feedback.build_aspect_messages)",
                 **({"calls": calls} if calls else {})}
     from .evals import alpaca_eval as ae
     from .evals import mt_bench as mt
-    return {"model": cfg.judge_model, "base_url": cfg.judge_base_url, "api_key_env": cfg.judge_api_key_env,
+    return {**endpoint,
             "mt_bench": {"temperature": 0.0, "max_tokens": mt.JUDGE_MAX_TOKENS},
             "alpaca_eval": {k: ae.ANNOTATOR_CONFIG[k] for k in ("temperature", "max_tokens")}}
 
@@ -562,14 +558,14 @@ def dry_run(profile: str | Any, gpus_per_node: int = 8, num_machines: int = 2, *
                 and not getattr(cfg, "revision", ""):
             warnings.append(f"{run.name}: dataset {cfg.source} has no revision (the hub's default branch)")
         if stage in ("aif", "eval") and cfg.judge != "toy":
-            info["judge"] = _judge_settings(stage, cfg)
+            info["judge"] = _judge_settings(stage, cfg, prof)
         if stage == "eval":
             info["decoding"] = _decoding(cfg)
             if cfg.alpaca_eval_set.rstrip("/").endswith(_NOT_THE_BASELINE):
                 warnings.append(f"{run.name}: eval.alpaca_eval_set is alpaca_eval's {_NOT_THE_BASELINE}, whose outputs "
                                 "differ from the AlpacaEval 1 baseline GPT-4 judged in 785 of 805 rows; use the hub "
                                 "dataset tatsu-lab/alpaca_eval, config alpaca_eval (evals.alpaca_eval.BASELINE_SOURCE)")
-        if stage in STAGES:
+        if stage in trainer_stages():
             info["init"] = str(_planned(prof, cfg.init, root))
             info["data"] = str(_planned(prof, cfg.data, root))
             info["global_batch_size"] = {"per_device": cfg.per_device_train_batch_size,

@@ -102,13 +102,7 @@ class RunContext:
         if ref in TOY_AGENTS:
             raise ValueError(f"{ref!r} is a toy-world agent, not a stored artifact")
         up = self.upstream(ref)
-        if "@" in ref:
-            path = up.dir / f"epoch-{ref.split('@', 1)[1]}"
-        elif "/" in ref:
-            path = up.dir / ref.split("/", 1)[1]
-        else:
-            from .stages import STAGES
-            path = up.dir / STAGES[up.run.stage].artifact  # what a bare run name means for its stage
+        path = artifact_path(self.profile, ref, self.root)
         if not path.exists():
             raise FileNotFoundError(f"run {up.run.name!r} has no artifact {path.name!r} (looked in {path})")
         return path
@@ -165,6 +159,19 @@ class RunContext:
             else:
                 os.replace(self.partial_dir, self.dir)
         lock_path.unlink(missing_ok=True)
+
+
+def artifact_path(profile: Profile, ref: str, root: Path = RUNS_DIR) -> Path:
+    """Where a run reference ('sft', 'curate/beta', 'dpo@2') lives in the store, built or not:
+    'run@k' is its epoch-k model, 'run/x' its folder x, a bare run its stage's default artifact."""
+    from .stages import STAGES
+
+    up = context(profile, ref_run(ref), root)
+    if "@" in ref:
+        return up.dir / f"epoch-{ref.split('@', 1)[1]}"
+    if "/" in ref:
+        return up.dir / ref.split("/", 1)[1]
+    return up.dir / STAGES[up.run.stage].artifact  # what a bare run name means for its stage
 
 
 def context(profile: Profile, run: str, root: Path = RUNS_DIR, force: bool = False) -> RunContext:
