@@ -126,3 +126,23 @@ def test_adding_a_model_to_eval_runs_only_that_model(tiny, tmp_path):
     assert judge.stats.calls == 0  # a fresh client: nothing spent yet
     assert m2["judge_stats"]["calls"] <= calls_first  # only the reference model was judged
     assert json.loads((second.dir / "metrics.json").read_text())["models"]["reference"]["alpaca_eval"]["n"] > 0
+
+
+def test_pair_members_name_who_wrote_chosen_and_rejected():
+    from zephyr_lib.feedback import prompt_id
+    from zephyr_lib.stages.aif import pair_members
+    rows = [{"instruction": "q1", "completions": [{"model": "a", "response": "x"}, {"model": "b", "response": "y"},
+                                                  {"model": "c", "response": "x"}]}]
+    pairs = [{"prompt": "q1", "chosen": [{"role": "user", "content": "q1"}, {"role": "assistant", "content": "y"}],
+              "rejected": [{"role": "user", "content": "q1"}, {"role": "assistant", "content": "x"}],
+              "score_chosen": 9.0, "score_rejected": 3.0}]
+    assert pair_members(rows, pairs) == [{"prompt_id": prompt_id("q1"), "chosen_model": "b", "rejected_model": "a",
+                                          "score_chosen": 9.0, "score_rejected": 3.0}]
+
+
+def test_error_kinds_name_what_the_checker_found():
+    from zephyr_lib.stages.training import ERROR_KINDS, error_kinds
+    from zephyr_lib.toyworld.checker import Assessment
+    assert error_kinds(Assessment(correct=True)) == []
+    found = error_kinds(Assessment(correct=False, violations=["length"], boilerplate=True, lowercase=2))
+    assert found == ["wrong", "constraint", "boilerplate", "lowercase"] and set(found) <= set(ERROR_KINDS)

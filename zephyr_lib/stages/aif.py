@@ -123,6 +123,8 @@ def _binarize_and_save(cfg, rows: list[dict], out: Path, extra: dict) -> dict:
         counts["n_ties"] = sum(p["score_chosen"] == p["score_rejected"] for p in pairs)
     dsd = fb.to_dataset_dict(pairs, test_size=cfg.test_fraction, seed=cfg.binarize_seed)
     fb.save_binarized(dsd, out / "binarized")
+    members_of = pair_members(rows, pairs)
+    write_jsonl(out / "pair_members.jsonl", members_of)
     per_member: dict[str, list] = {}
     for r in rows:
         for c in r["completions"]:
@@ -132,10 +134,33 @@ def _binarize_and_save(cfg, rows: list[dict], out: Path, extra: dict) -> dict:
                    "mean_aspects": sum(x["mean_aspects"] or 0 for x in v) / len(v),
                    "overall_scores": [x["overall"] for x in v]} for m, v in per_member.items()}
     gaps = [p["score_chosen"] - p["score_rejected"] for p in pairs]
+    chosen_over: dict[str, dict[str, int]] = {}  # who is chosen over whom: chosen member -> rejected member -> pairs
+    for pm in members_of:
+        row = chosen_over.setdefault(pm["chosen_model"], {})
+        row[pm["rejected_model"]] = row.get(pm["rejected_model"], 0) + 1
     metrics = {**extra, "binarize": counts, "splits": {k: len(v) for k, v in dsd.items()}, "pool": members,
-               "mean_gap": sum(gaps) / max(1, len(gaps)), "gaps": gaps}
+               "mean_gap": sum(gaps) / max(1, len(gaps)), "gaps": gaps, "chosen_over": chosen_over}
     write_json(out / "metrics.json", metrics)
     return metrics
+
+
+def pair_members(rows: list[dict], pairs: list[dict]) -> list[dict]:
+    """Which pool member wrote each pair's chosen and rejected answer (matched by prompt and text;
+    when two members wrote the same text, the first of them in the row is named)."""
+    from ..feedback import prompt_id
+
+    by_prompt: dict[str, dict[str, str]] = {}
+    for r in rows:
+        texts = by_prompt.setdefault(r["instruction"], {})
+        for c in r["completions"]:
+            texts.setdefault(c["response"], c["model"])
+    out = []
+    for p in pairs:
+        texts = by_prompt.get(p["prompt"], {})
+        out.append({"prompt_id": prompt_id(p["prompt"]), "chosen_model": texts.get(p["chosen"][-1]["content"], "?"),
+                    "rejected_model": texts.get(p["rejected"][-1]["content"], "?"),
+                    "score_chosen": p["score_chosen"], "score_rejected": p["score_rejected"]})
+    return out
 
 
 STAGE = Stage("aif", AIFConfig, notebook="03_aif", artifact="binarized", build=build)

@@ -37,6 +37,7 @@ class DPOConfig(TrainingConfig):
     logging_steps: int = opt(5, "Log every N steps.", ge=1)
     eval_steps: int = opt(20, "Evaluate on test_prefs every N steps.", ge=1)
     save_per_epoch: bool = opt(True, "Save a model after every epoch (Figure 3: MT-Bench vs epochs).")
+    diagnose_pairs: int = opt(256, "Training pairs on which the starting policy's log-probs of the chosen and rejected answers are measured, per pool member (how on-policy the pairs are; 0 = off).", ge=0, hash_omit_default=True)
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -45,7 +46,49 @@ class DPOConfig(TrainingConfig):
 
 
 def build(ctx, out: Path) -> dict:
-    return train_and_probe(ctx, out, probe_seed=20_000)
+    from ..io import write_json
+
+    on_policy = on_policy_diagnostics(ctx)
+    metrics = train_and_probe(ctx, out, probe_seed=20_000)
+    if on_policy:
+        metrics["on_policy"] = on_policy
+        write_json(out / "metrics.json", metrics)
+    return metrics
+
+
+def on_policy_diagnostics(ctx) -> dict:
+    """How on-policy the preference pairs are: the starting policy's mean log π(y|x) of the chosen and
+    of the rejected answers, by the pool member that wrote them (needs the aif run's pair_members.jsonl)."""
+    import random
+
+    from datasets import load_from_disk
+
+    from .. import dpo as D
+    from ..config import ref_run
+    from ..feedback import prompt_id
+    from ..io import read_jsonl
+    from ..modeling import load_model
+
+    cfg = ctx.cfg
+    members_file = ctx.upstream(ref_run(cfg.data)).dir / "pair_members.jsonl"
+    if not cfg.diagnose_pairs or not members_file.exists():
+        return {}
+    who = {m["prompt_id"]: m for m in read_jsonl(members_file)}
+    train = load_from_disk(str(ctx.resolve(cfg.data)))["train_prefs"]
+    idx = sorted(random.Random(cfg.seed).sample(range(len(train)), min(cfg.diagnose_pairs, len(train))))
+    model, tok = load_model(ctx.resolve(cfg.init), device="cpu" if not cfg.bf16 else "auto")
+    sums: dict[str, dict[str, list[float]]] = {}
+    for i in idx:
+        row = train[i]
+        m = who.get(row.get("prompt_id") or prompt_id(row["prompt"]))
+        if m is None:
+            continue
+        prompt = row["chosen"][:-1]
+        for side in ("chosen", "rejected"):
+            lp = float(D.sequence_logps(model, tok, prompt, row[side][-1], max_length=cfg.max_length))
+            sums.setdefault(m[f"{side}_model"], {"chosen": [], "rejected": []})[side].append(lp)
+    return {member: {f"{side}_logp": (sum(v) / len(v) if v else None) for side, v in d.items()}
+            | {f"n_{side}": len(v) for side, v in d.items()} for member, d in sums.items()}
 
 
 STAGE = Stage("dpo", DPOConfig, notebook="04_dpo", artifact="model", build=build, resumable=True, trainer=True)

@@ -57,6 +57,17 @@ class TrainingConfig(StageConfig):
         return self.per_device_train_batch_size * self.gradient_accumulation_steps * self.num_processes
 
 
+ERROR_KINDS = ("wrong", "constraint", "hallucinated", "boilerplate", "lowercase", "junk", "empty", "repetitive", "verbose")
+
+
+def error_kinds(a) -> list[str]:
+    """The kinds of error the toy checker found in one answer (its Assessment), by name."""
+    flags = {"wrong": a.correct is False, "constraint": bool(a.violations), "hallucinated": a.hallucinated,
+             "boilerplate": a.boilerplate, "lowercase": a.lowercase > 0, "junk": a.junk, "empty": a.empty,
+             "repetitive": a.repetitive, "verbose": a.verbose}
+    return [k for k in ERROR_KINDS if flags[k]]
+
+
 def held_out_before_after(ctx, init, trained: Path, seed: int, prefix: str, n: int = 96):
     """Greedy answers of the initial and the trained model to `n` new toy prompts (disjoint from
     every benchmark): per-prompt rows, and per model the judge stand-in's mean score, the rate of
@@ -74,11 +85,14 @@ def held_out_before_after(ctx, init, trained: Path, seed: int, prefix: str, n: i
     for who, path in (("init", init), ("model", trained)):
         answers, stopped = ModelAgent(path, name=who).respond_many(convs, max_new_tokens=96, return_stopped=True,
                                                                   desc=f"held-out answers ({who})")
-        scores = [assess(world, t.specs[0], a).score10() for t, a in zip(probe, answers)]
-        for r, a, st, sc in zip(rows, answers, stopped, scores):
-            r.update({f"{who}_answer": a, f"{who}_stopped": st, f"{who}_score": sc})
+        verdicts = [assess(world, t.specs[0], a) for t, a in zip(probe, answers)]
+        scores = [v.score10() for v in verdicts]
+        errors = [error_kinds(v) for v in verdicts]
+        for r, a, st, sc, er in zip(rows, answers, stopped, scores, errors):
+            r.update({f"{who}_answer": a, f"{who}_stopped": st, f"{who}_score": sc, f"{who}_errors": er})
         metrics[who] = {"stop_rate": sum(stopped) / len(stopped), "score": sum(scores) / len(scores),
-                        "defects": cur.defect_rates(answers)}
+                        "defects": cur.defect_rates(answers),
+                        "error_rates": {k: sum(k in er for er in errors) / len(errors) for k in ERROR_KINDS}}
     return rows, metrics
 
 
