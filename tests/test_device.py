@@ -108,3 +108,11 @@ def test_release_frees_the_agents_model(tiny_base):
     assert agent.model is None and ref() is None  # nothing holds the weights any more
     with pytest.raises(RuntimeError, match="tiny: the model was released"):
         agent.respond_many([[{"role": "user", "content": "Hi"}]])
+
+
+def test_generation_agent_places_the_transformers_model(tiny_base, monkeypatch):
+    agent = vllm_backend.generation_agent(tiny_base, name="tiny", backend="transformers", device="cpu")
+    assert next(agent.model.parameters()).device == torch.device("cpu")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(ValueError, match=r"device='cuda': no CUDA device"):
+        vllm_backend.generation_agent(tiny_base, name="tiny", backend="auto", device="cuda")

@@ -201,13 +201,14 @@ def release(agent: Any) -> None:
 
 
 def generation_agent(path: str | Path, name: str | None = None, backend: str = "auto", *, seed: int = 0,
-                     batch_size: int = 32, tensor_parallel_size: int = 1, **vllm_kwargs: Any):
+                     batch_size: int = 32, tensor_parallel_size: int = 1, device: str = "auto", **vllm_kwargs: Any):
     """A generation agent for a trained model: VLLMAgent or generate.ModelAgent.
 
     backend="auto": vLLM when :func:`available` (package importable and CUDA present), else
     transformers (``batch_size`` applies there; vLLM options are then ignored).
     backend="vllm": vLLM or :class:`VLLMUnavailableError` saying why. backend="transformers":
-    always ``generate.ModelAgent``.
+    always ``generate.ModelAgent``, on ``device`` (``modeling.resolve_device``: auto = the GPU when
+    there is one).
     """
     if backend not in BACKENDS:
         raise ValueError(f"unknown generation backend {backend!r}; expected one of {BACKENDS}")
@@ -219,4 +220,4 @@ def generation_agent(path: str | Path, name: str | None = None, backend: str = "
         log.info("vllm unavailable: generating with transformers; ignoring vllm options %s",
                  sorted(vllm_kwargs) + (["tensor_parallel_size"] if tensor_parallel_size != 1 else []))
     from .generate import ModelAgent
-    return ModelAgent(path, name=name, batch_size=batch_size, seed=seed)
+    return ModelAgent(path, name=name, batch_size=batch_size, seed=seed, device=device)
