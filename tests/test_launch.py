@@ -284,7 +284,7 @@ def test_cluster_from_slurm_and_zephyr_environment():
     assert launch.cluster_for(cfg, mine, num_machines=2) == launch.Cluster(2, 0, "10.1.2.3", 30001)
     assert launch.cluster_for(cfg, {"SLURM_NODEID": "0", "SLURM_JOB_NODELIST": "n1,n2"}, num_machines=2).main_process_port == 29500
     # one machine: nothing from the environment matters (and nothing enters the run hash)
-    assert launch.cluster_for(cfg, slurm) == launch.Cluster(1, 0, "", None)
+    assert launch.cluster_for(dataclasses.replace(cfg, num_machines=1), slurm) == launch.Cluster(1, 0, "", None)
     with pytest.raises(ConfigError, match="rank is unknown: set ZEPHYR_MACHINE_RANK"):
         launch.cluster_for(cfg, {"SLURM_JOB_NODELIST": "n1,n2"}, num_machines=2)
     with pytest.raises(ConfigError, match="address is unknown: set ZEPHYR_MAIN_PROCESS_IP"):

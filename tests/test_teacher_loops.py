@@ -23,6 +23,7 @@ import time
 import types
 from collections import Counter
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
 import pytest
 from conftest import serving
@@ -481,3 +482,38 @@ def test_vllm_agent_glue_with_a_fake_vllm_module(tiny_base, monkeypatch):
     assert calls[0][1]["stop_token_ids"] == [tok.eos_token_id]
     assert texts == [f"out{len(ids[0])}-t0.0", f"out{len(ids[1])}-t0.7", f"out{len(ids[2])}-t0.0"]
     assert stopped == [True, False, True]
+
+
+def test_aif_stage_annotates_ultrafeedback_from_a_profile_with_a_real_judge(server, key_env, tmp_path):
+    """The profile path of UltraFeedback from scratch: raw UltraFeedback prompts, a pool of API
+    models (endpoints), a real judge endpoint, the one AIF implementation; a rerun costs no call."""
+    from zephyr_lib.config import load_profile
+    from zephyr_lib.stages import STAGES
+    from zephyr_lib.store import context
+
+    raw = Path(__file__).parent / "fixtures" / "feedback" / "ultrafeedback_raw.jsonl"
+    eps = "".join(f"  {n}: {{kind: openai, model: {n}, base_url: '{server.url}', api_key_env: {ENV}}}\n"
+                  for n in ("gpt-4", "llama-2-7b-chat", "falcon-40b-instruct", "wizardlm-13b"))
+    prof_file = tmp_path / "uf.yaml"
+    prof_file.write_text(f"endpoints:\n{eps}runs:\n  aif:\n    source: {raw}\n    annotate: true\n"
+                         "    pool: [endpoint:gpt-4, endpoint:llama-2-7b-chat, endpoint:falcon-40b-instruct, endpoint:wizardlm-13b]\n"
+                         "    judge: gpt-4\n    max_new_tokens: 64\n    test_fraction: 0.5\n    policy: ''\n    base: ''\n    drop_identical: false\n")
+    prof = load_profile(str(prof_file))
+    assert prof.runs["aif"].upstream == ()  # endpoints are not runs
+
+    def build(root):
+        ctx = context(prof, "aif", root)
+        with ctx.build() as out:
+            STAGES["aif"].build(ctx, out)
+        return ctx.metrics()
+
+    first = build(tmp_path / "store")
+    assert first["n_prompts"] == 4 and first["n_judge_failed_prompts"] == 0
+    assert first["binarize"]["n_in"] == 4 and sum(first["splits"].values()) > 0
+    assert first["judge_stats"]["calls"] == 4 * 4 + 4 * 4  # 4 aspect requests + 4 critiques per prompt
+    assert set(first["pool"]) == {"endpoint:gpt-4", "endpoint:llama-2-7b-chat", "endpoint:falcon-40b-instruct",
+                                  "endpoint:wizardlm-13b"}
+    calls = server.total
+    (tmp_path / "store" / prof.name / "aif").rename(tmp_path / "old")  # a rerun from the same caches
+    again = build(tmp_path / "store")
+    assert server.total == calls and again["judge_stats"]["calls"] == 0 and again["binarize"] == first["binarize"]

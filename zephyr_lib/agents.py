@@ -14,7 +14,6 @@ stages call, so the toy path and the real path are the same code.
 """
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any, Protocol, Sequence
 
 from .judges import AllCallsFailedError, Judge, JudgeError, JudgeResult, JudgeStats
@@ -66,7 +65,8 @@ def judge_for(ctx, endpoint: str) -> Judge:
                                     concurrency=ep.concurrency, cache_dir=cache / endpoint)
 
 
-def make_agent(ctx, name: str, *, batch_size: int = 32, seed: int = 0, refs: dict[str, str] | None = None):
+def make_agent(ctx, name: str, *, batch_size: int = 32, seed: int = 0, refs: dict[str, str] | None = None,
+               device: str = "auto", gpu_memory_utilization: float | None = None):
     """An agent by name: a toy-world program ('teacher', 'teacher_sloppy', ...), an endpoint of the
     profile ('endpoint:gpt35'), or a trained model from a run reference ('sft', 'dpo@2'). ``refs``
     maps aliases (the aif pool's 'policy', 'base') to run references."""
@@ -80,7 +80,8 @@ def make_agent(ctx, name: str, *, batch_size: int = 32, seed: int = 0, refs: dic
     if name.startswith("endpoint:"):
         return OpenAIAgent(judge_for(ctx, name.split(":", 1)[1]), name)
     from .vllm_backend import generation_agent  # vLLM when installed and a GPU exists, else transformers
-    return generation_agent(ctx.resolve(name), name=name, batch_size=batch_size, seed=seed)
+    vllm = {"gpu_memory_utilization": gpu_memory_utilization} if gpu_memory_utilization else {}
+    return generation_agent(ctx.resolve(name), name=name, batch_size=batch_size, seed=seed, device=device, **vllm)
 
 
 class OpenAIAgent:

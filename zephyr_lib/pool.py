@@ -24,7 +24,8 @@ log = logging.getLogger(__name__)
 
 def complete_pool(agents: Mapping[str, Any], prompts: Sequence[Any], per_prompt: int = 4, seed: int = 42, *,
                   max_new_tokens: int = 1024, temperature: float = 0.7,
-                  system_prompts: Sequence[tuple[str, str]] | None = None) -> tuple[list[dict], dict]:
+                  system_prompts: Sequence[tuple[str, str]] | None = None,
+                  principles: Mapping[str, Sequence[str]] | None = None) -> tuple[list[dict], dict]:
     """UltraFeedback's completion step: ``per_prompt`` distinct pool members per prompt, each answering.
 
     ``agents``: name -> agent with ``respond_many(conversations, max_new_tokens=, temperature=,
@@ -33,8 +34,10 @@ def complete_pool(agents: Mapping[str, Any], prompts: Sequence[Any], per_prompt:
     One ``random.Random(seed)`` draws, per prompt in order, ``rng.sample(names, per_prompt)`` (names
     in the dict's order, as the aif stage draws its pool) and, if ``system_prompts`` (a list of
     ``(principle, system prompt)``) is given, one principle per completion, sent as a system
-    message and recorded (UltraFeedback's principle prompting). Each agent answers all of its
-    prompts in one ``respond_many`` batch.
+    message and recorded (UltraFeedback's principle prompting); with ``principles`` (UltraFeedback's
+    own, ``feedback.load_original_principles``) the principle is drawn per prompt source as its
+    main.py draws it (``feedback.draw_principle``). Each agent answers all of its prompts in one
+    ``respond_many`` batch.
 
     A prompt for which an agent returned None (e.g. :class:`OpenAIAgent` with on_error="none")
     is dropped and counted. Returns ``(rows, stats)``: rows are ``{"instruction", "models",
@@ -51,9 +54,11 @@ def complete_pool(agents: Mapping[str, Any], prompts: Sequence[Any], per_prompt:
         items.append(item)
     rng = random.Random(seed)
     members = [rng.sample(names, per_prompt) for _ in items]
-    principles: list[list[tuple[str, str]]] = []
-    for ms in members:
-        principles.append([rng.choice(list(system_prompts)) if system_prompts else ("helpfulness", "") for _ in ms])
+    principles_of: list[list[tuple[str, str]]] = []
+    for item, ms in zip(items, members):
+        principles_of.append([fb.draw_principle(item.get("source", "evol_instruct"), principles, rng) if principles
+                              else rng.choice(list(system_prompts)) if system_prompts else ("helpfulness", "")
+                              for _ in ms])
     answers: dict[tuple[int, str], str | None] = {}
     for name in names:
         mine = [(k, j) for k, ms in enumerate(members) for j, m in enumerate(ms) if m == name]
@@ -61,7 +66,7 @@ def complete_pool(agents: Mapping[str, Any], prompts: Sequence[Any], per_prompt:
             continue
         convs = []
         for k, j in mine:
-            sys_prompt = principles[k][j][1]
+            sys_prompt = principles_of[k][j][1]
             convs.append(([{"role": "system", "content": sys_prompt}] if sys_prompt else [])
                          + [{"role": "user", "content": items[k]["instruction"]}])
         texts = agents[name].respond_many(convs, max_new_tokens=max_new_tokens, temperature=temperature,
@@ -77,7 +82,7 @@ def complete_pool(agents: Mapping[str, Any], prompts: Sequence[Any], per_prompt:
             dropped.append({"prompt_index": k, "failed_models": failed})
             continue
         comps = [{"model": m, "response": t, "principle": pr[0], "custom_system_prompt": pr[1]}
-                 for m, t, pr in zip(members[k], texts, principles[k])]
+                 for m, t, pr in zip(members[k], texts, principles_of[k])]
         rows.append({**item, "models": list(members[k]), "completions": comps})
     per_model = {n: sum(n in ms for ms in members) for n in names}
     stats = {"n_prompts": len(items), "n_rows": len(rows), "n_dropped": len(dropped), "dropped": dropped,
@@ -99,6 +104,7 @@ def _check_rows(rows: Sequence[dict]) -> None:
 
 def rate_ultrafeedback(judge: Judge, rows: Sequence[dict], *, temperature: float = 0.0, max_tokens: int = 1024,
                        parse_retries: int = 2, world_knowledge: bool = True,
+                       templates: Mapping[str, str] | None = None,
                        desc: str | None = "UltraFeedback") -> tuple[list[dict], dict]:
     """Rate every completion UltraFeedback's way and assemble raw openbmb/UltraFeedback rows.
 
@@ -110,7 +116,10 @@ def rate_ultrafeedback(judge: Judge, rows: Sequence[dict], *, temperature: float
     and one critique / overall-score request per completion (``feedback.build_overall_messages``,
     with the completion's custom system prompt as the ``Note:``, as UltraFeedback did). Replies
     are parsed with ``feedback.parse_aspect_reply`` / ``parse_overall_reply``; unparsable ones
-    are re-asked ``parse_retries`` times.
+    are re-asked ``parse_retries`` times. With ``templates`` (UltraFeedback's originals,
+    ``feedback.load_original_templates``) the requests use them and their call settings
+    (``feedback.ORIGINAL_CALL_SETTINGS``: 500 tokens for ratings, 1024 for critiques); without, the
+    paraphrase that the toy judge reads.
 
     Returns ``(raw_rows, stats)``. A row with ANY failed judgment (transport or parse) is dropped
     and counted in ``stats["dropped"]`` -- never scored from partial ratings. stats: n_rows,
@@ -126,19 +135,24 @@ def rate_ultrafeedback(judge: Judge, rows: Sequence[dict], *, temperature: float
         wk = fb.world_knowledge_for(row) if world_knowledge else ""
         for aspect in fb.ASPECTS:
             aspect_reqs.setdefault(len(responses), []).append(
-                (k, aspect, fb.build_aspect_messages(aspect, row["instruction"], responses, world_knowledge=wk)))
+                (k, aspect, fb.aspect_messages(aspect, row["instruction"], responses, wk, templates=templates)))
         for j, c in enumerate(row["completions"]):
             note = c.get("custom_system_prompt") or None
-            overall_reqs.append((k, j, fb.build_overall_messages(row["instruction"], c["response"], note=note)))
+            overall_reqs.append((k, j, fb.build_overall_messages(row["instruction"], c["response"], note=note)
+                                 if templates is None else fb.build_original_critique_messages(
+                                     templates, row["instruction"], c["response"], c.get("custom_system_prompt") or "",
+                                     c.get("principle") or "")))
+    rating_tokens = fb.ORIGINAL_CALL_SETTINGS["rating"]["max_tokens"] if templates else max_tokens
+    critique_tokens = fb.ORIGINAL_CALL_SETTINGS["critique"]["max_tokens"] if templates else max_tokens
 
     aspect_res: dict[tuple[int, str], JudgeResult] = {}
     for n, group in sorted(aspect_reqs.items(), key=lambda kv: -len(kv[1])):  # the big group first
         res = _complete(judge, [m for _, _, m in group], parse=lambda s, n=n: fb.parse_aspect_reply(s, n),
-                        parse_retries=parse_retries, temperature=temperature, max_tokens=max_tokens,
+                        parse_retries=parse_retries, temperature=temperature, max_tokens=rating_tokens,
                         desc=f"{desc}: aspects" if desc else None)
         aspect_res.update({(k, a): r for (k, a, _), r in zip(group, res)})
     res = _complete(judge, [m for _, _, m in overall_reqs], parse=fb.parse_overall_reply,
-                    parse_retries=parse_retries, temperature=temperature, max_tokens=max_tokens,
+                    parse_retries=parse_retries, temperature=temperature, max_tokens=critique_tokens,
                     desc=f"{desc}: overall" if desc else None)
     overall_res = {(k, j): r for (k, j, _), r in zip(overall_reqs, res)}
 

@@ -44,6 +44,10 @@ class Benchmark:
     def score(self, judgments: Any, model_id: str, out: Path) -> dict:
         raise NotImplementedError
 
+    def failures(self, metrics: dict) -> int:
+        """Judge calls that failed for one model (the eval run is then not complete)."""
+        return int(metrics.get("n_judge_failed", 0) or 0) + int(metrics.get("n_transport_failures", 0) or 0)
+
     def summary(self, metrics: dict) -> dict:
         """The table columns of one model's metrics."""
         return {col: scale * metrics[k] for k, (col, scale) in self.columns.items() if metrics.get(k) is not None}
@@ -157,9 +161,10 @@ class AlpacaEval(Benchmark):
     def generate(self, agent, model_id, out):
         from . import alpaca_eval as ae
 
-        instrs = self.inputs["alpaca"]
+        instrs, dec = self.inputs["alpaca"], ae.decoding_settings(self.cfg)  # Zephyr's: 0.7, top_p 1, 2048
         outputs = agent.respond_many([[{"role": "user", "content": i["instruction"]}] for i in instrs],
-                                     max_new_tokens=self.cfg.max_new_tokens, temperature=0.0,
+                                     max_new_tokens=dec["max_new_tokens"], temperature=dec["temperature"],
+                                     **({"top_p": dec["top_p"]} if dec["top_p"] != 1.0 else {}),
                                      desc=f"AlpacaEval ({model_id})")
         ae.write_model_outputs(out / "model_outputs.json", ae.model_outputs(instrs, outputs, model_id), instrs)
         return outputs
@@ -167,27 +172,13 @@ class AlpacaEval(Benchmark):
     def judge(self, outputs, model_id, judge, out):
         from . import alpaca_eval as ae
 
-        instrs = self.inputs["alpaca"]
-        reqs = [ae.annotator_request(i["instruction"], i["output"], o) for i, o in zip(instrs, outputs)]
-        need = [k for k, r in enumerate(reqs) if r["needs_judge"]]
-        replies = judge.complete_many([reqs[k]["messages"] for k in need], temperature=0.0,
-                                      max_tokens=ae.ANNOTATOR_CONFIG.get("max_tokens", 100),
-                                      desc=f"AlpacaEval judge ({model_id})")
-        reply_of = {k: (r.text if r.ok else None) for k, r in zip(need, replies)}
-        rows = []
-        for k, (i, o) in enumerate(zip(instrs, outputs)):
-            pref = ae.annotate_preference(i["instruction"], i["output"], o, reply_of[k]) if k in reply_of else 0.0
-            rows.append(ae.annotation_record(i["instruction"], i["output"], o, pref, generator_1=i.get("generator", ""),
-                                             generator_2=model_id, dataset=i.get("dataset", ""),
-                                             raw_completion=reply_of.get(k)))
+        rows, metrics = ae.judge_outputs(self.inputs["alpaca"], outputs, model_id, judge)  # failed call: None, counted
         ae.write_annotations(out / "annotations.json", rows)
         write_jsonl(out / "predictions.jsonl", rows)
-        return rows
+        return metrics
 
-    def score(self, rows, model_id, out):
-        from . import alpaca_eval as ae
-
-        return ae.win_rate([r["preference"] for r in rows])
+    def score(self, metrics, model_id, out):
+        return metrics
 
     def summary(self, metrics):
         return {"AlpacaEval %": metrics["win_rate"], "± se": metrics["standard_error"]}

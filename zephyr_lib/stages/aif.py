@@ -44,6 +44,7 @@ class AIFConfig(StageConfig):
     max_new_tokens: int = opt(96, "Generation length for model pool members.", ge=1)
     temperature: float = opt(0.7, "Sampling temperature for model pool members.", ge=0)
     judge: str = endpoint("toy", "Endpoint that rates the answers (the paper: GPT-4).")
+    templates: str = opt("", "Rating prompts: '' = the paraphrase the toy judge reads; a path or URL of UltraFeedback's preference_templates.py = the originals (read as text, never executed), with annotate_critique.py and main.py (the completion principles) taken from beside it.", hash_omit_default=True)
     seed: int = opt(0, "Seed for prompts and pool sampling.")
 
     def __post_init__(self) -> None:
@@ -96,17 +97,36 @@ def _annotate(ctx, prompts: list[dict], out: Path) -> dict:
     from ..agents import judge_for, make_agent
 
     cfg = ctx.cfg
+    templates, principles = _original_prompts(ctx) if cfg.templates else (None, None)
     aliases = {"policy": cfg.policy, "base": cfg.base}
     agents = {name: make_agent(ctx, name, seed=cfg.seed, refs=aliases) for name in cfg.pool}
     rows, pool_stats = P.complete_pool(agents, prompts, per_prompt=cfg.completions_per_prompt, seed=cfg.seed,
-                                       max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature)
+                                       max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
+                                       principles=principles)
     judge = judge_for(ctx, cfg.judge)
     # the toy world has no world knowledge to give the truthfulness judge; real rows carry theirs
-    raw_rows, rate_stats = P.rate_ultrafeedback(judge, rows, world_knowledge=cfg.source != "toy", desc="judge")
+    raw_rows, rate_stats = P.rate_ultrafeedback(judge, rows, world_knowledge=cfg.source != "toy",
+                                                templates=templates, desc="judge")
     extra = {"source": cfg.source, "n_prompts": len(prompts),
              "n_pool_failed_prompts": pool_stats["n_dropped"], "n_judge_failed_prompts": rate_stats["n_dropped"],
              "judge": judge.backend.name, "judge_stats": judge.stats.as_dict()}
     return _binarize_and_save(cfg, raw_rows, out, extra)
+
+
+def _original_prompts(ctx) -> tuple[dict, dict]:
+    """UltraFeedback's own rating/critique templates and completion principles (aif.templates: the
+    path or URL of preference_templates.py; the other two files are looked up beside it)."""
+    from .. import feedback as fb
+
+    cfg, cache = ctx.cfg, ctx.root / ctx.profile.name / "downloads"
+    if cfg.completions_per_prompt != 4:
+        raise ConfigError("aif.templates: UltraFeedback's original templates rate exactly 4 completions per prompt")
+    local = Path(cfg.templates)
+    sibling = lambda name, url: str(local.with_name(name)) if local.exists() and local.with_name(name).exists() else url  # noqa: E731
+    templates = fb.load_original_templates(cfg.templates, cache_dir=cache,
+                                           critique_source=sibling("annotate_critique.py", fb.ORIGINAL_SOURCES["critique"]))
+    principles = fb.load_original_principles(sibling("main.py", fb.ORIGINAL_SOURCES["principles"]), cache_dir=cache)
+    return templates, principles
 
 
 def _binarize_and_save(cfg, rows: list[dict], out: Path, extra: dict) -> dict:

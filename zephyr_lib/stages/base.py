@@ -49,13 +49,8 @@ def build(ctx, out: Path) -> dict:
     if cfg.pretrained:  # paper profile: record the hub model; later stages load it by id
         from transformers import AutoTokenizer
         tok = AutoTokenizer.from_pretrained(cfg.pretrained, revision=cfg.revision or None)
-        if tok.pad_token is None or tok.pad_token == tok.eos_token:
-            # pad = eos would mask the eos labels; Mistral's <unk> is never produced by its tokenizer,
-            # so it can pad without growing the vocabulary (no embedding resize).
-            if tok.unk_token is None or tok.unk_token == tok.eos_token:
-                raise ValueError(f"{cfg.pretrained}: no pad token distinct from eos, and no <unk> to use as one")
-            tok.pad_token = tok.unk_token
-        tok.chat_template = modeling.CHAT_TEMPLATE
+        # pad = <unk> (never eos: that masks the eos labels), the Zephyr template with one <s> first
+        modeling.prepare_hub_tokenizer(tok, cfg.pretrained, bos=True)
         tok.save_pretrained(out / "model")  # later stages read the tokenizer here, the weights from the hub
         metrics = {"pretrained": cfg.pretrained, "revision": cfg.revision}
         write_json(out / "model" / modeling.POINTER, metrics)

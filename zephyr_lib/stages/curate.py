@@ -21,7 +21,8 @@ N_ALPACA_MAX = 805  # training prompts exclude every prompt any toy benchmark co
 class CurateConfig(StageConfig):
     """Stage `curate`: the UltraChat-style corpus (α, raw) and its curated version (β)."""
 
-    source: str = opt("toy", "'toy' (the teacher stand-in writes the corpus), 'api' (the `teacher` endpoint writes it from teacher_seeds), or a raw UltraChat .jsonl path or hub id (stingning/ultrachat).")
+    source: str = opt("toy", "'toy' (the teacher stand-in writes the corpus), 'api' (the `teacher` endpoint writes it from teacher_seeds), HuggingFaceH4/ultrachat_200k (the paper's data as published, used as β), or a raw UltraChat .jsonl path or hub id (stingning/ultrachat).")
+    revision: str = opt("", "Hub revision of `source` (empty = the default branch).", hash_omit_default=True)
     teacher: str = endpoint("", "source 'api': the endpoint that plays the teacher and the user simulator (the paper: GPT-3.5-turbo).")
     teacher_seeds: str = opt("", "source 'api': a text file (path or URL) of topics or opening questions, one per line.", hash_omit_default=True)
     n_dialogues: int = opt(3000, "Dialogues the teacher writes (toy) or rows read (real data, 0 = all).", ge=0)
@@ -45,6 +46,11 @@ def build(ctx, out: Path) -> dict:
 
     cfg = ctx.cfg
     phrases = tuple(cfg.boilerplate_phrases) or cur.DEFAULT_PHRASES
+    if cfg.source == cur.H4_HUB_ID or Path(cfg.source).name == "ultrachat_200k":  # hub id, or a local copy
+        # the paper's dSFT data: H4's curated splits as they are (no α: the raw-UltraChat runs give that)
+        metrics = cur.save_ultrachat_200k(cfg.source, out, revision=cfg.revision or None)
+        write_json(out / "metrics.json", metrics)
+        return metrics
     if cfg.source == "toy":
         world = shared_world(ctx.world)
         tasks = world.tasks(cfg.n_dialogues, seed=cfg.seed, followups=cfg.max_followups,

@@ -33,7 +33,12 @@ class EvalConfig(StageConfig):
     mt_bench_questions: str = opt("toy", "'toy' or a FastChat question.jsonl path/URL.")
     mt_bench_references: str = opt("", "FastChat reference answers (reference_answer/gpt-4.jsonl) for math, reasoning, coding; toy: the world's answers.")
     judge_prompts: str = opt("", "FastChat judge_prompts.jsonl path (empty = the toy profile's prompts in FastChat's schema and layouts).")
-    alpaca_eval_set: str = opt("toy", "'toy' or an AlpacaEval eval-set JSON path/URL (805 instructions with text-davinci-003 outputs).")
+    alpaca_eval_set: str = opt("toy", "'toy', tatsu-lab/alpaca_eval (AlpacaEval 1's eval set with the baseline GPT-4 judged), or a local JSON in its schema; alpaca_eval's later results/text_davinci_003 outputs are refused.")
+    alpaca_temperature: float = opt(0.0, "AlpacaEval sampling temperature (Zephyr's official generation: 0.7; 0 = greedy).", ge=0, hash_omit_default=True)
+    alpaca_top_p: float = opt(1.0, "AlpacaEval top_p (Zephyr: 1.0).", gt=0, le=1, hash_omit_default=True)
+    alpaca_max_new_tokens: int = opt(0, "AlpacaEval generation length (Zephyr: 2048; 0 = max_new_tokens).", ge=0, hash_omit_default=True)
+    device: str = opt("auto", "Where models run (generation, lm-eval): auto (cuda if present, else cpu), cpu, cuda, cuda:N.", hash_omit_default=True)
+    vllm_gpu_memory_utilization: float = opt(0.9, "GPU fraction vLLM may hold while generating; it is released before lm-eval loads the model.", gt=0, le=1, hash_omit_default=True)
     leaderboard_tasks: str = opt("toy", "'toy' (the toy world's four tasks) or 'paper' (arc_challenge, hellaswag, mmlu, truthfulqa_mc2 with the leaderboard v1 settings).",
                                  choices=("toy", "paper"))
     mt_bench_pairwise_baseline: str = opt("", "Also run MT-Bench's pairwise mode: every other model against this one, both orders, disagreement = tie (empty = off).", hash_omit_default=True)
@@ -72,8 +77,10 @@ def eval_inputs(ctx) -> dict:
         ref = make_agent(world, "reference", seed=0).respond_many([[{"role": "user", "content": t.turns[0]}] for t in tasks])
         out["alpaca"] = [{"instruction": t.turns[0], "output": o, "generator": "toy_reference (text-davinci-003 stand-in)",
                           "dataset": f"toy/{t.category}"} for t, o in zip(tasks, ref)]
-    else:
-        out["alpaca"] = ae.load_instructions(get(cfg.alpaca_eval_set))
+    elif cfg.alpaca_eval_set == ae.BASELINE_SOURCE["hub_id"]:
+        out["alpaca"], out["alpaca_baseline"] = ae.load_baseline(cfg.alpaca_eval_set, cache_dir=cache)
+    else:  # a local file or URL; alpaca_eval's later davinci outputs are refused (BaselineError)
+        out["alpaca"], out["alpaca_baseline"] = ae.load_baseline(get(cfg.alpaca_eval_set))
     if "leaderboard" in cfg.benchmarks and cfg.leaderboard_tasks == "toy":
         out["leaderboard_tasks"] = _toy_leaderboard_tasks(ctx, world)
     return out
@@ -123,13 +130,15 @@ def build(ctx, out: Path) -> dict:
     from .. import modeling
     from ..agents import judge_for, make_agent
     from ..evals.benchmarks import BENCHMARKS
+    from ..vllm_backend import available as vllm_available
+    from ..vllm_backend import memory_plan, release
 
     modeling.set_threads()
     cfg = ctx.cfg
     inputs = eval_inputs(ctx)
     write_jsonl(out / "mt_bench_question.jsonl", inputs["mt_questions"])  # FastChat's question.jsonl schema
     judge = judge_for(ctx, cfg.judge)
-    benches = [BENCHMARKS[b](cfg, inputs) for b in cfg.benchmarks]
+    benches = {b: BENCHMARKS[b](cfg, inputs) for b in cfg.benchmarks}
     settings = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in ("models", "mt_bench_pairwise_baseline", "batch_size")}
     judge_id = TOY_JUDGE_VERSION if cfg.judge == "toy" else dataclasses.asdict(ctx.profile.endpoints[cfg.judge])
     cache_root = ctx.root / ctx.profile.name / "eval_cache"
@@ -137,8 +146,17 @@ def build(ctx, out: Path) -> dict:
     for name in cfg.models:
         model_id = f"zephyr-{ctx.profile.name}-{name}".replace("@", "-epoch")  # FastChat picks the template by id
         res: dict = {"model_id": model_id}
+        is_run = name not in TOY_AGENTS and not name.startswith("endpoint:")
+        plan = memory_plan(list(benches), use_vllm=is_run and vllm_available(),
+                           gpu_memory_utilization=cfg.vllm_gpu_memory_utilization)
         agent = None
-        for bench in benches:
+        for step in plan["steps"]:
+            if step == "release":  # vLLM (or the generation model) and lm-eval never hold the GPU at once
+                if agent is not None:
+                    release(agent)
+                agent = None
+                continue
+            bench = benches[step]
             folder = out / name / bench.name
             key = config_hash({"benchmark": bench.name, "settings": settings, "model": model_key(ctx, name),
                                "model_id": model_id, "judge": judge_id if bench.judged else None})
@@ -147,12 +165,15 @@ def build(ctx, out: Path) -> dict:
                 shutil.copytree(cached, folder, dirs_exist_ok=True)
                 res[bench.name] = read_json(folder / "metrics.json")
                 continue
-            if agent is None:
-                agent = make_agent(ctx, name, batch_size=cfg.batch_size, seed=cfg.seed)
-            if bench.needs_weights and not hasattr(agent, "path"):
+            if bench.needs_weights and not is_run:
                 continue  # programs and API models have no log-likelihoods
+            if agent is None:
+                agent = make_agent(ctx, name, batch_size=cfg.batch_size, seed=cfg.seed, device=cfg.device,
+                                   gpu_memory_utilization=cfg.vllm_gpu_memory_utilization)
             folder.mkdir(parents=True, exist_ok=True)
             res[bench.name] = bench.run(agent, model_id, judge, folder)
+            if bench.failures(res[bench.name]):
+                continue  # never cached: the rerun asks the judge again for what failed
             tmp = cached.with_name(f".tmp-{key}-{os.getpid()}")
             shutil.rmtree(tmp, ignore_errors=True)
             shutil.copytree(folder, tmp)
@@ -160,12 +181,18 @@ def build(ctx, out: Path) -> dict:
             os.replace(tmp, cached)
         results[name] = res
         del agent
-    for bench in benches:
+    for bench in benches.values():
         for model, extra in bench.after_all(list(results), judge, out).items():
             results[model].update(extra)
     metrics = {"models": results, "judge": getattr(judge.backend, "name", cfg.judge),
                "judge_stats": judge.stats.as_dict()}
     write_json(out / "metrics.json", metrics)
+    failed = {f"{m}/{b}": n for m, r in results.items() for b in benches
+              if b in r and (n := benches[b].failures(r[b]))}
+    if failed:  # the run stays partial; the judge cache keeps every answer, so a rerun asks only for these
+        raise RuntimeError(f"eval run {ctx.run.name!r}: judge calls failed ({', '.join(f'{k}: {n}' for k, n in failed.items())}); "
+                           "nothing is stored as complete; rerun the stage when the endpoint is back "
+                           "(finished calls are cached)")
     return metrics
 
 

@@ -35,6 +35,7 @@ class TrainingConfig(StageConfig):
     per_device_train_batch_size: int = opt(16, "Examples per device per step.", ge=1)
     gradient_accumulation_steps: int = opt(1, "Accumulation steps; global batch = per-device × accumulation × processes.", ge=1)
     num_processes: int = opt(1, "Processes (GPUs) in all; >1 launches through accelerate.", ge=1)
+    num_machines: int = opt(1, "Machines the num_processes are spread over (num_processes is the total); >1: one launcher per node (tools/slurm_example.sh).", ge=1, hash_omit_default=True)
     max_length: int = opt(256, "Longest tokenized example in tokens.", ge=8)
     # logging, evaluation, checkpoints
     logging_steps: int = opt(10, "Log every N optimizer steps.", ge=1)
