@@ -172,7 +172,8 @@ def test_killing_or_interrupting_the_runner_stops_every_process_of_the_stage_and
     assert "(base @" in out and "cleaned up" in out and ".lock-" in out, out  # the dead owner's lock went
     _wait(lambda: not _marked(mark + "b"), 30, "every process of the stage to stop")
     assert list(runs.glob("sft/.partial-*/checkpoints/checkpoint-*")), "the checkpoints were kept"
-    assert not list(runs.glob("sft/.lock-*")), "the run's lock was released"
+    locks = {str(f): f.read_text() for f in runs.glob("sft/.lock-*")}
+    assert not locks, f"the run's lock was not released: {locks}\n{out}"
     # 3. the rerun resumes from the kept checkpoint and completes
     done = zephyr(tmp_path, "run", "--profile", str(profile), "--stages", "sft", timeout=900)
     assert done.returncode == 0, done.stdout + done.stderr
@@ -218,3 +219,42 @@ def test_the_watchdog_stops_the_stage_when_the_runner_dies(tmp_path):
     p.kill()  # SIGKILL: the runner cannot clean up after itself
     p.wait()
     _wait(lambda: not marked_processes(token), 20, "the watchdog to stop the orphaned stage")
+
+
+# ---------------------------------------------------------------------------- OS errors at the store boundary
+
+def _unshare_or_skip(mnt):
+    probe = subprocess.run(["unshare", "-m", "sh", "-c", f'mount -t tmpfs -o size=64k tmpfs "{mnt}"'],
+                           capture_output=True)
+    if probe.returncode != 0:
+        pytest.skip("needs unshare and mount (root) to make a read-only or full file system")
+
+
+def test_a_read_only_store_is_one_line_naming_the_path(tmp_path):
+    mnt = tmp_path / "store"
+    mnt.mkdir()
+    _unshare_or_skip(mnt)
+    script = (f'mount -t tmpfs -o ro tmpfs "{mnt}" && ZEPHYR_RUNS_DIR="{mnt}/runs" ZEPHYR_BOOK_STAGES="{tmp_path}/book" '
+              f'"{sys.executable}" -m zephyr_lib run --profile smoke --stages curate')
+    p = subprocess.run(["unshare", "-m", "sh", "-c", script], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert p.returncode == 1, p.stderr
+    assert p.stderr.strip() == (f"error: cannot write {mnt}/runs: Read-only file system (a read-only file system: "
+                                "point ZEPHYR_RUNS_DIR at a writable folder)")
+
+
+def test_a_full_disk_is_one_line_naming_the_path_and_the_rerun_cleans_up(tmp_path):
+    mnt = tmp_path / "disk"
+    mnt.mkdir()
+    _unshare_or_skip(mnt)
+    run = (f'TMPDIR="{mnt}/tmp" ZEPHYR_RUNS_DIR="{mnt}/runs" ZEPHYR_BOOK_STAGES="{mnt}/book" '
+           f'"{sys.executable}" -m zephyr_lib run --profile smoke --stages curate')
+    script = (f'mount -t tmpfs -o size=256k tmpfs "{mnt}" && mkdir "{mnt}/tmp" && {run}; echo "rc=$?"; '
+              f'find "{mnt}" -name "*.ipynb" -size 0 | sed "s/^/EMPTY /"; echo "--- more space"; '
+              f'mount -o remount,size=64m "{mnt}" && {run}; echo "rc=$?"')
+    p = subprocess.run(["unshare", "-m", "sh", "-c", script], cwd=REPO, capture_output=True, text=True, timeout=600)
+    first, second = p.stdout.split("--- more space")
+    errors = [ln for ln in p.stderr.splitlines() if ln.startswith("error:")]
+    assert "rc=1" in first and len(errors) == 1, p.stdout + p.stderr
+    assert f"cannot write {mnt}" in errors[0] and "No space left on device" in errors[0], errors
+    assert "Traceback" not in p.stderr and "EMPTY" not in first  # no raw traceback, no 0-byte notebook
+    assert "rc=0" in second and "cleaned up" in second and ".partial-" in second, p.stdout + p.stderr

@@ -308,3 +308,13 @@ def test_store_files_are_readable_by_others(tmp_path, prof):
     os.umask(mask)
     for f in ("metrics.json", "manifest.json"):
         assert stat.S_IMODE((ctx.dir / f).stat().st_mode) == 0o666 & ~mask
+
+
+def test_stored_files_that_point_into_the_partial_folder_are_named(tmp_path, prof, capsys):
+    ctx = context(prof, "eval", tmp_path)
+    with ctx.build() as out:
+        (out / "tasks").mkdir()
+        (out / "tasks" / "arc.yaml").write_text(f"data_files: {out}/tasks/arc.jsonl\n")
+        (out / "tasks" / "ok.yaml").write_text("data_files: arc.jsonl\n")
+    err = capsys.readouterr().err
+    assert "1 stored file(s) name the partial folder" in err and "tasks/arc.yaml" in err and "ok.yaml" not in err

@@ -15,6 +15,7 @@ import json
 import sys
 
 from .config import STAGE_CONFIGS, ConfigError, describe, load_profile
+from .store import CorruptRunError, StoreError
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -50,7 +51,6 @@ def main(argv: list[str] | None = None) -> int:
             return 1 if problems else 0
         if a.cmd == "run":
             from .runner import StageFailed, run_pipeline
-            from .store import StoreError
             stages = [x.strip() for x in a.stages.split(",") if x.strip()] or None
             try:
                 return run_pipeline(a.profile, stages, a.sets, a.force, a.timeout)
@@ -85,6 +85,9 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as e:
         print(f"config error: {e}", file=sys.stderr)
         return 2
+    except (CorruptRunError, StoreError) as e:  # a damaged run, an unwritable store: one line, the fix
+        print(f"error: {e}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

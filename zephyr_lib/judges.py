@@ -10,7 +10,9 @@ texts. This module separates three concerns:
 * :class:`Judge` -- wraps a backend with an on-disk cache (one JSON file per request, written
   atomically) and a batch API, :meth:`Judge.complete_many`, that keeps results in input order,
   re-asks when a reply cannot be parsed, records every failure instead of silently scoring it,
-  and counts what happened in ``judge.stats``. Rerunning the same inputs makes no backend call.
+  sends identical requests of a batch once, and counts what happened in ``judge.stats``.
+  Rerunning the same inputs makes no backend call for what succeeded, and asks again for what
+  failed; :func:`require_success` turns failures beyond a stage's budget into an error.
 * :func:`judge_from_config` -- builds a :class:`Judge` from config values (``kind="openai"``
   for any OpenAI-compatible server, a kind registered with :func:`register_backend`, or a
   ready backend object).
@@ -495,8 +497,10 @@ def cache_key(backend_name: str, messages: list[dict], temperature: float, max_t
 class Judge:
     """A backend plus an on-disk cache (``cache_dir/ab/abcdef….json``, one file per request).
 
-    Only successful backend replies are cached, so failed calls are retried on the next run,
-    while a rerun over the same inputs makes zero backend calls.
+    Failed calls are never cached, so they are retried on the next run. A reply that parses is
+    cached as final: a rerun over the same inputs makes zero backend calls for it. A reply that
+    does not parse is cached with its parse error but not as final: a rerun re-parses it and
+    otherwise asks again, up to a limit of attempts recorded in the cache.
     """
 
     def __init__(self, backend: Backend, cache_dir: str | os.PathLike, *, progress: bool = True):

@@ -41,7 +41,7 @@ import yaml
 
 from .config import REPO, Profile, check_secret_free, load_profile, parse_override, refuse_secret_names
 from .store import (BUILD_INFO, MANIFEST, RESUMABLE_STAGES, RUNS_DIR, CorruptRunError, StoreError, clean_debris,
-                    context, lock_held, os_error_line, pid_alive, store_op)
+                    context, lock_held, lock_owner, os_error_line, pid_alive, store_op)
 from .io import DataError, read_json
 
 NOTEBOOKS = REPO / "notebooks"
@@ -174,10 +174,32 @@ def close_watchdog(dog: subprocess.Popen) -> None:
     threading.Thread(target=dog.wait, daemon=True).start()
 
 
+def _stop_lock_owner(lock_path: Path) -> None:
+    """If the builder recorded in the run's lock was started by this runner and still lives
+    (a process that escaped the token sweep), stop it: the lock must be free when we report."""
+    owner = lock_owner(lock_path)
+    if not owner or owner.get("runner_pid") != os.getpid() or not pid_alive(owner["pid"]):
+        return
+    try:
+        os.kill(owner["pid"], signal.SIGKILL)
+    except OSError:
+        return
+    deadline = time.time() + 10
+    while time.time() < deadline and pid_alive(owner["pid"]):
+        time.sleep(0.1)
+
+
 def _kept_message(profile: Profile, run_name: str) -> str:
     """What an interrupted run left: the partial folder a rerun resumes from, or nothing."""
     ctx = context(profile, run_name)
-    if ctx.lock_path.exists() and not lock_held(ctx.lock_path):
+    deadline = time.time() + 10
+    while ctx.lock_path.exists() and lock_held(ctx.lock_path) and time.time() < deadline:
+        time.sleep(0.2)
+    if ctx.lock_path.exists():
+        if lock_held(ctx.lock_path):
+            owner = lock_owner(ctx.lock_path) or {}
+            return (f"the run's lock {ctx.lock_path} is still held (by pid {owner.get('pid', '?')}); "
+                    "nothing else was touched")
         ctx.lock_path.unlink(missing_ok=True)  # its owner is gone: release the run's lock
     part = ctx.partial_dir
     if not part.exists():
@@ -397,6 +419,7 @@ def execute_run(profile: Profile, run_name: str, overrides: dict, force: bool, t
                 try:
                     stop_marked(token)
                     proc.wait()
+                    _stop_lock_owner(ctx.lock_path)
                 finally:
                     for sig, h in saved.items():
                         signal.signal(sig, h)

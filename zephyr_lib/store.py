@@ -131,6 +131,24 @@ def file_records(folder: Path, hashes: bool = True) -> dict[str, dict]:
     return out
 
 
+TEXT_SUFFIXES = (".yaml", ".yml", ".json", ".jsonl", ".txt", ".cfg", ".toml", ".ini", ".sh")
+
+
+def files_naming(folder: Path, needle: str, max_bytes: int = 4 << 20) -> list[str]:
+    """Small text files under ``folder`` that contain ``needle`` (e.g. the partial folder's path,
+    which no longer exists once the run is renamed into place)."""
+    hits = []
+    raw = needle.encode()
+    for p in sorted(folder.rglob("*")):
+        if p.suffix in TEXT_SUFFIXES and p.is_file() and not p.is_symlink() and p.stat().st_size <= max_bytes:
+            try:
+                if raw in p.read_bytes():
+                    hits.append(p.relative_to(folder).as_posix())
+            except OSError:
+                pass
+    return hits
+
+
 def pid_alive(pid: int) -> bool:
     """Is process ``pid`` running (a zombie counts as dead)?"""
     if not isinstance(pid, int) or pid <= 0:
@@ -382,6 +400,11 @@ class RunContext:
             end = time.time()
             with store_op():
                 (self.partial_dir / BUILD_INFO).unlink(missing_ok=True)
+                dangling = files_naming(self.partial_dir, str(self.partial_dir))
+                if dangling:
+                    echo(f"note: run {self.run.name!r}: {len(dangling)} stored file(s) name the partial folder, "
+                         f"which is renamed to {self.dir.name}/ now, so those paths will not exist: "
+                         f"{', '.join(dangling[:5])} (store paths relative to the run folder)")
                 manifest = {
                     "profile": self.profile.name,
                     "run": self.run.name,
