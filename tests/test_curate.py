@@ -171,7 +171,8 @@ def test_curate_fixture():
     assert kept[0][1]["content"].startswith("The capital of France is Paris. It has been")
     assert "e.g. it had 8.9 million" in kept[0][3]["content"]
     assert "See https://ellis.eu/units. Most publish" in kept[1][3]["content"]
-    assert rep["n_truecased"] == 3 and rep["truecase_fixes"] == 8
+    assert "```\n\nYou can call it as `square(3)`. It returns 9." in kept[2][1]["content"]  # after a code block
+    assert rep["n_truecased"] == 3 and rep["truecase_fixes"] == 9
     ex = rep["truecase_examples"][0]
     assert ex == {"where": "id=0", "role": "user", "before": "What is the capital of France? i need it for a quiz.",
                   "after": "What is the capital of France? I need it for a quiz."}
@@ -219,7 +220,7 @@ def test_curate_switches_and_scope():
     assert kept == [d2] and rep["dropped"]["duplicate"] == 1 and rep["n_truecased"] == 1
     kept, _ = curate([d1], filter_boilerplate=False, truecase_scope="assistant")
     assert kept[0][0]["content"] == "how do i start? tell me." and kept[0][1]["content"] == d2[1]["content"]
-    kept, rep = curate([d1], phrases=["first, plan"])
+    kept, rep = curate([d1], phrases=["first, plan"], allow_empty=True)
     assert kept == [] and rep["dropped_by_phrase"] == {"first, plan": 1}
     with pytest.raises(ValueError, match="truecase_scope"):
         curate([d1], truecase_scope="user")
@@ -380,3 +381,73 @@ def test_cli_end_to_end(tmp_path, capsys):
     assert main(["--raw", str(FIX / "ultrachat_raw_bad.jsonl"), "--out", str(tmp_path / "bad")]) == 2
     assert "ultrachat_raw_bad.jsonl:2: missing field 'data'" in capsys.readouterr().err
     assert not (tmp_path / "bad").exists()
+
+
+# ---------------------------------------------------------------------------- degenerate data
+
+def test_an_emptied_corpus_is_an_error_naming_the_source_and_the_filter(tmp_path):
+    from zephyr_lib.curate import EmptyDataError
+
+    bp = [msgs(f"Question {i}?", "As an AI, I cannot say.") for i in range(3)]
+    with pytest.raises(EmptyDataError) as e:
+        curate(bp + [msgs("Only a question?")], source="raw.jsonl")
+    msg = str(e.value)
+    assert "source 'raw.jsonl'" in msg and "all 4 dialogue(s) were dropped" in msg
+    assert "boilerplate 3 (switch: filter_boilerplate=false keeps them)" in msg and "too_short 1" in msg
+    with pytest.raises(EmptyDataError, match="gave no dialogues at all"):
+        curate([], source="toy")
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("\n\n")
+    with pytest.raises(EmptyDataError, match="empty.jsonl: the raw UltraChat file has no rows"):
+        list(load_raw_ultrachat(empty))
+    with pytest.raises(EmptyDataError, match="no rows to split"):
+        split_dataset([], test_frac=0.1, seed=0)
+    dd = split_dataset(_rows(4), test_frac=0.1, seed=0)
+    dd["train_sft"] = dd["train_sft"].select([])
+    with pytest.raises(EmptyDataError, match="training split is empty"):
+        save_dataset(dd, tmp_path / "nothing")
+    assert not (tmp_path / "nothing").exists()
+    assert main(["--raw", str(empty), "--out", str(tmp_path / "cli")]) == 2
+
+
+def test_a_zero_test_fraction_gives_empty_test_splits_that_load_back(tmp_path):
+    rows = _rows(6)
+    dd = split_dataset(rows, test_frac=0.0, seed=0)
+    path = save_dataset(dd, tmp_path / "beta")
+    back = datasets.load_from_disk(str(path))
+    n = len(rows)
+    assert {s: len(back[s]) for s in SPLITS} == {"train_sft": n, "test_sft": 0, "train_gen": n, "test_gen": 0}
+    assert back["test_sft"].features == back["train_sft"].features
+    assert {s: len(d) for s, d in load_ultrachat_200k(path).items()} == {s: len(back[s]) for s in SPLITS}
+    assert main(["--raw", str(RAW), "--out", str(tmp_path / "cli"), "--test-frac", "0"]) == 0
+    assert len(datasets.load_from_disk(str(tmp_path / "cli" / "beta"))["test_sft"]) == 0
+    for bad in (-0.1, 1.0):
+        with pytest.raises(ValueError, match=r"test_frac must be in \[0, 1\)"):
+            split_dataset(_rows(6), test_frac=bad, seed=0)
+
+
+@pytest.mark.parametrize("before, after", [
+    ("Here it is:\n```python\nx = 1\n```\nthe function now works.",
+     "Here it is:\n```python\nx = 1\n```\nThe function now works."),            # after a code block
+    ("Docs: https://example.com/guide\nthe guide covers it.",
+     "Docs: https://example.com/guide\nThe guide covers it."),                  # after a URL ending its line
+    ("Write to help@example.org\nthey answer fast.", "Write to help@example.org\nThey answer fast."),
+    ("First paragraph\n\nsecond paragraph starts here.", "First paragraph\n\nSecond paragraph starts here."),
+    ("One.\n \t\nnext after a whitespace-only line.", "One.\n \t\nNext after a whitespace-only line."),
+])
+def test_truecase_after_code_blocks_urls_and_blank_lines(before, after):
+    assert truecase(before) == (after, 1)
+    assert lowercase_sentence_starts(before) == 1                # the defect metric counts them
+    assert defect_rates([before])["lowercase_rate"] == 1.0
+    assert truecase(after) == (after, 0)
+
+
+@pytest.mark.parametrize("text", [
+    "Run `ls`\nthe output follows.",                             # inline code: a wrapped line goes on
+    "See https://example.com for the rest\nof the story.",        # the URL does not end its line
+    "Code:\n\n    x = 1\n",                                      # an indented code line is no sentence
+    "Steps:\n\n1. open it\n2. save it",                          # list items stay as they are
+    "Done.\n\n```\nx\n```\n\n- the item",
+])
+def test_truecase_still_leaves_alone_after_blocks(text):
+    assert truecase(text) == (text, 0)

@@ -253,7 +253,7 @@ def test_every_call_failing_raises_naming_the_endpoint(server, key_env, tmp_path
     assert server.total == 6
 
 
-def test_parse_retries_then_ok_false_and_free_rerun(server, key_env, tmp_path):
+def test_parse_retries_then_ok_false_and_asked_again_on_reruns_up_to_a_limit(server, key_env, tmp_path):
     judge = Judge(make_backend(server), tmp_path, progress=False)
     inputs = [msgs("case:garbage #0"), msgs("case:flakyparse #1"), msgs("case:ok #2")]
 
@@ -263,17 +263,106 @@ def test_parse_retries_then_ok_false_and_free_rerun(server, key_env, tmp_path):
     res = judge.complete_many(inputs, parse=parse, parse_retries=2, max_tokens=64)
     assert res[0].ok is False and res[0].parsed is None and res[0].text == "garbage"
     assert "unparsable reply after 3 attempt(s)" in res[0].error and res[0].attempts == 3
+    assert "a rerun asks again" in res[0].error
     assert res[1].ok and res[1].parsed == 7 and res[1].attempts == 2
     assert res[2].ok and res[2].attempts == 1
     assert server.seen["case:garbage #0"] == 3 and server.seen["case:flakyparse #1"] == 2
     assert (judge.stats.parse_retries, judge.stats.parse_failures, judge.stats.calls) == (3, 1, 6)
+    assert (judge.stats.inputs, judge.stats.failed) == (3, 1)
+    # the unparsable replies are in the cache, recorded as such, but not as final
+    entries = [json.loads(f.read_text()) for f in tmp_path.rglob("*.json")]
+    bad = [e for e in entries if e["text"] == "garbage"]
+    assert len(bad) == 3 and all(e["final"] is False and "no score" in e["parse_error"] for e in bad)
 
+    # a rerun reads the cached replies for free and asks the unparsable one again (3 more attempts),
+    # the successes cost nothing
+    for run in (2, 3):
+        before = server.total
+        again = Judge(make_backend(server), tmp_path, progress=False)
+        res2 = again.complete_many(inputs, parse=parse, parse_retries=2, max_tokens=64)
+        assert server.total == before + 3 and server.seen["case:garbage #0"] == 3 * run
+        assert [(r.ok, r.parsed) for r in res2] == [(r.ok, r.parsed) for r in res]
+        assert res2[0].attempts == 3 * run and res2[1].cached and res2[2].cached
+    # ... until the limit (3 runs' worth of attempts) is recorded: then it is not asked again
     before = server.total
-    judge2 = Judge(make_backend(server), tmp_path, progress=False)
-    res2 = judge2.complete_many(inputs, parse=parse, parse_retries=2, max_tokens=64)
-    assert server.total == before
-    assert [(r.ok, r.parsed, r.attempts) for r in res2] == [(r.ok, r.parsed, r.attempts) for r in res]
-    assert judge2.stats.calls == 0 and judge2.stats.parse_failures == 1
+    last = Judge(make_backend(server), tmp_path, progress=False)
+    res4 = last.complete_many(inputs, parse=parse, parse_retries=2, max_tokens=64)
+    assert server.total == before and last.stats.calls == 0
+    assert not res4[0].ok and "limit of 9 across runs" in res4[0].error
+
+
+def test_identical_requests_in_one_batch_are_sent_once(server, key_env, tmp_path):
+    judge = Judge(make_backend(server), tmp_path, progress=False)
+    inputs = [msgs("case:ok #0"), msgs("case:ok #1"), msgs("case:ok #0"), msgs("case:ok #0"), msgs("case:ok #1")]
+    res = judge.complete_many(inputs, max_tokens=64)
+    assert [r.text for r in res] == [f"echo:{m[-1]['content']}" for m in inputs]
+    assert server.total == 2 and server.seen["case:ok #0"] == 1
+    assert (judge.stats.calls, judge.stats.deduplicated, judge.stats.inputs) == (2, 3, 5)
+    res[0].text = "changed"  # each input has its own result object
+    assert res[2].text == "echo:case:ok #0"
+
+
+class HealingServer(ThreadingHTTPServer):
+    """A judge that, while `faulty`, answers some requests with HTTP 500 and others with an
+    unparsable reply; once healed it answers "SCORE: <length>" to everything."""
+
+    daemon_threads = True
+
+    def __init__(self):
+        super().__init__(("127.0.0.1", 0), HealingHandler)
+        self.lock = threading.Lock()
+        self.faulty = True
+        self.seen: Counter = Counter()
+
+
+class HealingHandler(Handler):
+    server: HealingServer
+
+    def do_POST(self):  # noqa: N802
+        body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", "0"))))
+        content = body["messages"][-1]["content"]
+        with self.server.lock:
+            self.server.seen[content] += 1
+        i = int(content.split("#")[1])
+        if self.server.faulty and i % 5 == 1:
+            return self._send(500, b'{"error": "boom"}')
+        if self.server.faulty and i % 5 == 2:
+            return self._ok("I would rate it highly.")
+        return self._ok(f"SCORE: {len(content)}")
+
+
+def test_a_faulty_judge_fails_the_stage_and_a_rerun_after_it_heals_recovers_every_prompt(key_env, tmp_path):
+    from zephyr_lib.judges import JudgeFailuresError, require_success
+
+    prompts = [msgs(f"prompt #{i}") for i in range(20)]
+    with serving(HealingServer()) as srv:
+        judge = Judge(make_backend(srv, max_retries=1), tmp_path, progress=False)
+        res = judge.complete_many(prompts, parse=parse_score, parse_retries=1, max_tokens=64)
+        assert sum(not r.ok for r in res) == 8  # 4 transport failures, 4 unparsable
+        with pytest.raises(JudgeFailuresError) as e:
+            require_success(judge.stats, budget=0.0, where="aif")
+        msg = str(e.value)
+        assert "aif: 8 of 20" in msg and "4 transport" in msg and "4 unparsable" in msg
+        assert require_success(res, budget=0.5, where="aif")["failed"] == 8  # a stated budget allows them
+        assert e.value.failed == 8 and e.value.total == 20
+
+        srv.faulty = False
+        srv.seen.clear()
+        healed = Judge(make_backend(srv, max_retries=1), tmp_path, progress=False)
+        res2 = healed.complete_many(prompts, parse=parse_score, parse_retries=1, max_tokens=64)
+        assert all(r.ok for r in res2) and [r.parsed for r in res2] == [len(f"prompt #{i}") for i in range(20)]
+        asked = {c for c, k in srv.seen.items() if k}
+        assert asked == {f"prompt #{i}" for i in range(20) if i % 5 in (1, 2)}  # only the missing ones
+        assert healed.stats.calls == 8 and healed.stats.cache_hits >= 12
+        assert require_success(healed.stats, where="aif")["failed"] == 0
+
+
+def test_require_success_validates_its_budget():
+    from zephyr_lib.judges import JudgeStats, require_success
+
+    assert require_success(JudgeStats(), where="x")["total"] == 0
+    with pytest.raises(ValueError, match="budget"):
+        require_success(JudgeStats(), budget=1.5)
 
 
 def test_sync_single_call_retries(server, key_env):

@@ -220,6 +220,28 @@ def test_parse_single_rating(text, score):
     assert mt.parse_single_rating(text) == score
 
 
+@pytest.mark.parametrize("text, score", [
+    ("Rating: [[07]]", 7.0),           # FastChat's literal_eval raises on the leading zero; the number is 7
+    ("Rating: [[08.5]]", 8.5),
+    ("Rating: [[٧]]", -1.0),           # \d matches Arabic-Indic digits, literal_eval cannot read them
+    ("Rating: [[७]] then [8]", -1.0),  # the first [[x]] match decides, as in FastChat
+    ("Rating: [[" + "9" * 5000 + "]]", -1.0),   # too many digits for int(), or not finite
+    ("Rating: [[1" + "0" * 400 + ".0]]", -1.0),
+])
+def test_a_reply_that_fails_to_parse_costs_one_score_never_an_exception(text, score):
+    assert mt.parse_single_rating(text) == score
+
+
+def test_unparsable_replies_are_counted_failures_of_one_model():
+    reqs = [{"question_id": q, "prompt_name": mt.single_prompt_name("writing", t), "turn": t,
+             "messages": [{"role": "user", "content": f"q{q} t{t}"}]} for q in (81, 82) for t in (1, 2)]
+    replies = ["Rating: [[07]]", "Rating: [[٧]]", "", "Rating: [[9]]"]
+    judgments = mt.judgments_from_replies(reqs, replies, model="m", judge_model="gpt-4")
+    assert [j["score"] for j in judgments] == [7.0, -1.0, -1.0, 9.0]
+    s = mt.scores(judgments, QUESTIONS[:2], n_boot=50)
+    assert s["n_failed"] == 2 and s["overall"] == pytest.approx(8.0)
+
+
 @pytest.mark.parametrize("text, verdict", [
     ("[[A]]", "A"), ("verdict: [[B]]", "B"), ("[[C]]", "tie"),
     ("Assistant B is better: [[B]]. (not [[A]])", "A"),  # substring test order A, B, C

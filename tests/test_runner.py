@@ -3,8 +3,11 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import textwrap
+import time
 from pathlib import Path
 
 import nbformat
@@ -88,3 +91,172 @@ def test_overrides_of_upstream_runs_reach_downstream_notebooks(tmp_path):
     ctx = open_run("sft", "smoke", "sft", {"learning_rate": 0.002, "curate.n_dialogues": 60})
     assert ctx.hash == want.run_hash("sft") != load_profile("smoke").run_hash("sft")
     assert ctx.profile.runs["curate"].config.n_dialogues == 60
+
+
+# ---------------------------------------------------------------------------- the runner owns its children
+
+TINY = """\
+description: robustness tests (tiny)
+seed: 0
+world: {n_entities: 8, n_unknown: 2}
+stages:
+  base: {vocab_size: 320, hidden_size: 32, intermediate_size: 64, num_hidden_layers: 1, num_attention_heads: 2,
+         num_key_value_heads: 1, n_docs: 300, seq_len: 32, num_train_epochs: 1, batch_size: 32}
+  curate: {n_dialogues: 60}
+  sft: {num_train_epochs: 2, per_device_train_batch_size: 4, max_length: 64, eval_steps: 1000,
+        save_steps: 2, logging_steps: 5, learning_rate: 1.0e-3}
+runs:
+  base: {}
+  curate: {}
+  sft: {}
+"""
+
+
+def _marked(mark: str) -> list[int]:
+    """Live processes whose environment carries ZEPHYR_TEST_MARK=<mark> (the runner and all it started)."""
+    pids = []
+    for d in os.listdir("/proc"):
+        if d.isdigit():
+            try:
+                if f"ZEPHYR_TEST_MARK={mark}".encode() in Path(f"/proc/{d}/environ").read_bytes().split(b"\0"):
+                    pids.append(int(d))
+            except OSError:
+                pass
+    return pids
+
+
+def _wait(predicate, timeout: float, what: str):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.5)
+    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+
+
+def _start(tmp_path, mark, *args):
+    env = {**os.environ, "ZEPHYR_RUNS_DIR": str(tmp_path / "runs"), "ZEPHYR_BOOK_STAGES": str(tmp_path / "book"),
+           "ZEPHYR_TEST_MARK": mark}
+    return subprocess.Popen([sys.executable, "-m", "zephyr_lib", *args], cwd=REPO, env=env, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def test_killing_or_interrupting_the_runner_stops_every_process_of_the_stage_and_a_rerun_resumes(tmp_path):
+    profile = tmp_path / "tiny.yaml"
+    profile.write_text(TINY)
+    runs = tmp_path / "runs" / "tiny"
+    mark = f"kill-{os.getpid()}-{time.time_ns()}"
+    # 1. SIGKILL to the runner's whole process group while base trains: papermill and its kernel run in
+    #    their own session, so only the runner's watchdog can stop them.
+    p = _start(tmp_path, mark + "a", "run", "--profile", str(profile), "--stages", "sft")
+    try:
+        _wait(lambda: list((runs / "base").glob(".partial-*")), 240, "base to start building")
+        assert len(_marked(mark + "a")) >= 3  # runner, watchdog, papermill, kernel
+        os.killpg(p.pid, signal.SIGKILL)
+        p.wait(timeout=30)
+        _wait(lambda: not _marked(mark + "a"), 30, "every process of the stage to stop")
+    finally:
+        if p.poll() is None:
+            os.killpg(p.pid, signal.SIGKILL)
+    # 2. the rerun takes the dead owner's lock over; SIGINT (Ctrl-C) once sft has a checkpoint
+    p = _start(tmp_path, mark + "b", "run", "--profile", str(profile), "--stages", "sft")
+    try:
+        _wait(lambda: list(runs.glob("sft/.partial-*/checkpoints/checkpoint-*/trainer_state.json")), 480,
+              "sft to write a checkpoint")
+        p.send_signal(signal.SIGINT)
+        out, _ = p.communicate(timeout=60)
+    finally:
+        if p.poll() is None:
+            os.killpg(p.pid, signal.SIGKILL)
+    assert p.returncode == 130, out
+    assert "interrupted by SIGINT: stopped run 'sft'" in out and "the rerun resumes from it" in out, out
+    assert "(base @" in out and "cleaned up" in out and ".lock-" in out, out  # the dead owner's lock went
+    _wait(lambda: not _marked(mark + "b"), 30, "every process of the stage to stop")
+    assert list(runs.glob("sft/.partial-*/checkpoints/checkpoint-*")), "the checkpoints were kept"
+    locks = {str(f): f.read_text() for f in runs.glob("sft/.lock-*")}
+    assert not locks, f"the run's lock was not released: {locks}\n{out}"
+    # 3. the rerun resumes from the kept checkpoint and completes
+    done = zephyr(tmp_path, "run", "--profile", str(profile), "--stages", "sft", timeout=900)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "resuming from" in (runs / "logs" / "sft.log").read_text()
+    assert len(list(runs.glob("sft/[0-9a-f]*/manifest.json"))) == 1 and not list(runs.glob("*/.partial-*"))
+
+
+def test_stop_marked_reaches_every_process_in_any_session(tmp_path):
+    from zephyr_lib.runner import STAGE_TOKEN_ENV, marked_processes, stop_marked
+
+    token = f"t{time.time_ns()}"
+    env = {**os.environ, STAGE_TOKEN_ENV: token}
+    # a parent that ignores SIGTERM, and a grandchild in its own session (like `accelerate launch`)
+    script = "import os,signal,subprocess,sys,time; signal.signal(signal.SIGTERM, signal.SIG_IGN); " \
+             "subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(300)'], start_new_session=True); " \
+             "time.sleep(300)"
+    p = subprocess.Popen([sys.executable, "-c", script], env=env, start_new_session=True)
+    try:
+        _wait(lambda: len(marked_processes(token)) == 2, 20, "both processes to start")
+        assert stop_marked(token, grace_s=0.5) == 2
+        assert marked_processes(token) == []
+    finally:
+        p.kill()
+        p.wait()
+
+
+def test_the_watchdog_stops_the_stage_when_the_runner_dies(tmp_path):
+    from zephyr_lib.runner import STAGE_TOKEN_ENV, marked_processes
+
+    token = f"w{time.time_ns()}"
+    runner = textwrap.dedent(f"""
+        import os, subprocess, sys, time
+        from zephyr_lib.runner import start_watchdog
+        start_watchdog({token!r}, grace_s=0.5)
+        subprocess.Popen([sys.executable, "-c", "import time; time.sleep(300)"], start_new_session=True,
+                         env={{**os.environ, {STAGE_TOKEN_ENV!r}: {token!r}}})
+        print("ready", flush=True)
+        time.sleep(300)
+    """)
+    p = subprocess.Popen([sys.executable, "-c", runner], cwd=REPO, stdout=subprocess.PIPE, text=True)
+    assert p.stdout.readline().strip() == "ready"
+    _wait(lambda: marked_processes(token), 20, "the stage process")
+    p.kill()  # SIGKILL: the runner cannot clean up after itself
+    p.wait()
+    _wait(lambda: not marked_processes(token), 20, "the watchdog to stop the orphaned stage")
+
+
+# ---------------------------------------------------------------------------- OS errors at the store boundary
+
+def _unshare_or_skip(mnt):
+    probe = subprocess.run(["unshare", "-m", "sh", "-c", f'mount -t tmpfs -o size=64k tmpfs "{mnt}"'],
+                           capture_output=True)
+    if probe.returncode != 0:
+        pytest.skip("needs unshare and mount (root) to make a read-only or full file system")
+
+
+def test_a_read_only_store_is_one_line_naming_the_path(tmp_path):
+    mnt = tmp_path / "store"
+    mnt.mkdir()
+    _unshare_or_skip(mnt)
+    script = (f'mount -t tmpfs -o ro tmpfs "{mnt}" && ZEPHYR_RUNS_DIR="{mnt}/runs" ZEPHYR_BOOK_STAGES="{tmp_path}/book" '
+              f'"{sys.executable}" -m zephyr_lib run --profile smoke --stages curate')
+    p = subprocess.run(["unshare", "-m", "sh", "-c", script], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert p.returncode == 1, p.stderr
+    assert p.stderr.strip() == (f"error: cannot write {mnt}/runs: Read-only file system (a read-only file system: "
+                                "point ZEPHYR_RUNS_DIR at a writable folder)")
+
+
+def test_a_full_disk_is_one_line_naming_the_path_and_the_rerun_cleans_up(tmp_path):
+    mnt = tmp_path / "disk"
+    mnt.mkdir()
+    _unshare_or_skip(mnt)
+    run = (f'TMPDIR="{mnt}/tmp" ZEPHYR_RUNS_DIR="{mnt}/runs" ZEPHYR_BOOK_STAGES="{mnt}/book" '
+           f'"{sys.executable}" -m zephyr_lib run --profile smoke --stages curate')
+    script = (f'mount -t tmpfs -o size=256k tmpfs "{mnt}" && mkdir "{mnt}/tmp" && {run}; echo "rc=$?"; '
+              f'find "{mnt}" -name "*.ipynb" -size 0 | sed "s/^/EMPTY /"; echo "--- more space"; '
+              f'mount -o remount,size=64m "{mnt}" && {run}; echo "rc=$?"')
+    p = subprocess.run(["unshare", "-m", "sh", "-c", script], cwd=REPO, capture_output=True, text=True, timeout=600)
+    first, second = p.stdout.split("--- more space")
+    errors = [ln for ln in p.stderr.splitlines() if ln.startswith("error:")]
+    assert "rc=1" in first and len(errors) == 1, p.stdout + p.stderr
+    assert f"cannot write {mnt}" in errors[0] and "No space left on device" in errors[0], errors
+    assert "Traceback" not in p.stderr and "EMPTY" not in first  # no raw traceback, no 0-byte notebook
+    assert "rc=0" in second and "cleaned up" in second and ".partial-" in second, p.stdout + p.stderr

@@ -4,6 +4,7 @@
     zephyr run --profile paper --dry-run [--gpus-per-node 8 --num-machines 2]   # commands, configs; no training
     zephyr config --profile toy [--run sft]     # resolved configs and hashes
     zephyr status --profile toy                 # which runs are complete
+    zephyr verify --profile toy [--run sft]     # check stored runs' files against their manifests
     zephyr book --profile toy                   # check the book's pages, write provenance
     zephyr describe sft                         # a stage's config keys, types, defaults
 """
@@ -16,6 +17,7 @@ import sys
 
 from .config import ConfigError, describe, load_profile
 from .stages import STAGES
+from .store import CorruptRunError, StoreError
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -35,6 +37,9 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--gpus-per-node", type=int, default=8, help="--dry-run: GPUs per machine (default 8)")
     r.add_argument("--num-machines", type=int, default=2, help="--dry-run: machines in the cluster (default 2)")
     c.add_argument("--run", default=None)
+    v = sub.add_parser("verify", help="check the stored runs' files (sizes and sha256) against their manifests")
+    v.add_argument("--profile", default="toy")
+    v.add_argument("--run", action="append", default=[], help="only this run (repeatable)")
     b = sub.add_parser("book", help="check the executed pages and write provenance for the book")
     b.add_argument("--profile", default="toy")
     d = sub.add_parser("describe", help="a stage's config keys")
@@ -60,9 +65,19 @@ def main(argv: list[str] | None = None) -> int:
             stages = [x.strip() for x in a.stages.split(",") if x.strip()] or None
             try:
                 return run_pipeline(a.profile, stages, a.sets, a.force, a.timeout)
-            except StageFailed as e:
+            except (StageFailed, StoreError) as e:
                 print(f"error: {e}", file=sys.stderr)
                 return 1
+        if a.cmd == "verify":
+            from .store import verify_runs
+            rows = verify_runs(load_profile(a.profile), a.run or None)
+            for row in rows:
+                print(f"{row['run']:<14} {row['stage']:<8} {row['hash']}  {row['state']}")
+                for rel in row["extra"]:
+                    print(f"  note: {rel} is not in the manifest (written after the run completed)")
+                if row["message"]:
+                    print(f"  {'error' if row['state'] == 'damaged' else 'note'}: {row['message']}", file=sys.stderr)
+            return 1 if any(r["state"] == "damaged" for r in rows) else 0
         prof = load_profile(a.profile, a.sets)
         if a.cmd == "config":
             out = {n: {"stage": r.stage, "hash": prof.run_hash(n), "upstream": list(r.upstream),
@@ -72,12 +87,18 @@ def main(argv: list[str] | None = None) -> int:
         else:
             from .store import status
             for row in status(prof):
-                state = "complete" if row["complete"] else "partial" if row["partial"] else "-"
+                state = ("complete" if row["complete"] else "damaged" if row["corrupt"]
+                         else "partial" if row["partial"] else "-")
                 print(f"{row['run']:<14} {row['stage']:<8} {row['hash']}  {state}")
+                for msg in row["problems"]:
+                    print(f"  {msg}", file=sys.stderr)
         return 0
     except ConfigError as e:
         print(f"config error: {e}", file=sys.stderr)
         return 2
+    except (CorruptRunError, StoreError) as e:  # a damaged run, an unwritable store: one line, the fix
+        print(f"error: {e}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -25,13 +25,25 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIG_DIR = REPO / "configs"
-SECRET_PATTERN = re.compile(r"(api[_-]?key|token|secret|password|passwd|credential)", re.I)
+# A parameter NAME that means a credential. Words are separated by "_", "-" or "."; "token" counts
+# only alone or after a credential word (hf_token, access_token, auth_token, ...), never in names
+# like max_new_tokens, pad_token or prompt_tokens. Names ending in "_env" hold a variable's NAME.
+SECRET_PATTERN = re.compile(
+    r"(?:^|[_.-])(?:api[_-]?key|apikey|secret|secrets|password|passwd|passphrase|credentials?"
+    r"|private[_-]?key|(?:hf|hub|huggingface|access|auth|bearer|refresh|api|id|session|oauth|github|gh"
+    r"|openai|wandb|slack|bot|secret)[_-]token)(?:$|[_.-])|^token$", re.I)
+# A parameter VALUE shaped like a key: well-known prefixes, or one long high-entropy word.
+SECRET_VALUE_PATTERN = re.compile(
+    r"(?:^|[^A-Za-z0-9])(?:sk-(?:proj-|ant-)?[A-Za-z0-9_-]{16,}|hf_[A-Za-z0-9]{20,}|gh[pousr]_[A-Za-z0-9]{20,}"
+    r"|github_pat_[A-Za-z0-9_]{20,}|xox[abposr]-[A-Za-z0-9-]{10,}|AKIA[0-9A-Z]{16}|AIza[0-9A-Za-z_-]{30,}"
+    r"|eyJ[A-Za-z0-9_-]{10,}\.[A-Za-z0-9_-]{10,}\.[A-Za-z0-9_-]{10,})")
+ENV_VAR_NAME = re.compile(r"[A-Z_][A-Z0-9_]*")
 
 
 class ConfigError(ValueError):
@@ -145,6 +157,7 @@ class EndpointConfig:
 
     def __post_init__(self) -> None:
         check_values(self)
+        check_env_var_name(self.api_key_env, "endpoint api_key_env")
         if self.kind != "toy" and not self.model:
             raise ConfigError(f"an endpoint of kind {self.kind!r} needs a model name")
 
@@ -153,7 +166,6 @@ class EndpointConfig:
         return self.base_url or {"openai": "https://api.openai.com/v1", "vllm": "http://localhost:8000/v1"}.get(self.kind, "")
 
 
-TOY_ENDPOINT = EndpointConfig()
 TOY_AGENTS = ("teacher", "reference")  # toy-world programs that can be evaluated like models
 # The toy judge's version: part of the hash of every run it grades (aif, eval), so changing how it
 # grades reruns them instead of reusing stale verdicts (its cache is keyed by this name too).
@@ -392,7 +404,7 @@ def load_profile(profile: str, overrides: list[str] | dict | None = None) -> Pro
     configs = stage_configs()
     seed = _coerce(raw.get("seed", 0), int, f"{path}: seed")
     world = build(WorldConfig, raw.get("world") or {}, f"{path}: world")
-    endpoints = {"toy": TOY_ENDPOINT}
+    endpoints = {"toy": EndpointConfig()}
     for ename, spec in (raw.get("endpoints") or {}).items():
         if ename == "toy":
             raise ConfigError(f"{path}: endpoints: the name 'toy' is reserved for the toy world's stand-ins")
@@ -461,9 +473,85 @@ def describe(stage: str) -> str:
     return "\n".join(rows)
 
 
-def refuse_secret_names(names: list[str] | dict) -> None:
-    """Papermill writes parameters into the executed notebook: secrets must never be one."""
-    for n in names:
-        if SECRET_PATTERN.search(n) and not n.endswith("_env"):
-            raise ConfigError(f"parameter {n!r} looks like a secret; secrets come only from "
+def _entropy(text: str) -> float:
+    """Shannon entropy in bits per character."""
+    import math
+    from collections import Counter
+
+    n = len(text)
+    return -sum(c / n * math.log2(c / n) for c in Counter(text).values()) if n else 0.0
+
+
+def looks_like_secret_value(value: Any) -> bool:
+    """Is ``value`` shaped like an API key or token (sk-…, hf_…, ghp_…, a JWT, or one long random
+    word of letters and digits)? Paths, URLs, hub ids and hex digests (git revisions) are not."""
+    if not isinstance(value, str):
+        return False
+    v = value.strip()
+    if SECRET_VALUE_PATTERN.search(v):
+        return True
+    if len(v) < 32 or any(c.isspace() for c in v) or re.fullmatch(r"[0-9a-fA-F]+", v):
+        return False
+    if "/" in v or "\\" in v or ":" in v or "." in v:  # paths, URLs, hub ids, file names
+        return False
+    classes = sum(bool(re.search(p, v)) for p in (r"[a-z]", r"[A-Z]", r"[0-9]"))
+    return classes == 3 and _entropy(v) >= 4.0
+
+
+def check_env_var_name(value: Any, where: str) -> str:
+    """A ``*_api_key_env`` value must be the NAME of an environment variable (``OPENAI_API_KEY``),
+    never the key itself. The error does not repeat the value: it may be a key typed by mistake."""
+    if not isinstance(value, str) or not ENV_VAR_NAME.fullmatch(value):
+        kind = "a key-like string" if looks_like_secret_value(value) else f"a {type(value).__name__} of {len(str(value))} characters"
+        raise ConfigError(f"{where} must be the NAME of an environment variable (upper case, digits, "
+                          f"'_', e.g. OPENAI_API_KEY), not its value; got {kind} (not shown). "
+                          "Put the key in that variable: export OPENAI_API_KEY=...")
+    return value
+
+
+def _walk(params: Any, prefix: str = "") -> Iterator[tuple[str, Any]]:
+    if isinstance(params, dict):
+        for k, v in params.items():
+            name = f"{prefix}.{k}" if prefix else str(k)
+            yield name, v
+            if isinstance(v, (dict, list, tuple)):
+                yield from _walk(v, name)
+    elif isinstance(params, (list, tuple)):
+        for i, v in enumerate(params):
+            if isinstance(v, (dict, list, tuple)):
+                yield from _walk(v, f"{prefix}[{i}]")
+            else:
+                yield f"{prefix}[{i}]", v
+
+
+def refuse_secret_names(names: list[str] | dict, where: str = "parameter") -> None:
+    """Papermill writes parameters into the executed notebook: secrets must never be one.
+
+    Given names, refuses names that mean a credential (``openai_api_key``, ``hf_token``; not
+    ``max_new_tokens``). Given a dict (nested dicts and lists are walked), also refuses values
+    shaped like keys and ``*_env`` values that are not environment-variable names. Errors name
+    the parameter, never the value.
+    """
+    items = list(_walk(names)) if isinstance(names, dict) else [(str(n), None) for n in names]
+    for n, value in items:
+        leaf = re.split(r"[.\[]", n)[-1] if n else n
+        if leaf.endswith("_env"):
+            if isinstance(names, dict) and leaf.endswith("_api_key_env"):
+                check_env_var_name(value, f"{where} {n!r}")
+            continue
+        if SECRET_PATTERN.search(leaf):
+            raise ConfigError(f"{where} {n!r} looks like a secret; secrets come only from "
                               "environment variables (give the variable's NAME in a *_env field)")
+        if isinstance(names, dict) and looks_like_secret_value(value):
+            raise ConfigError(f"{where} {n!r} has a value that looks like an API key or token (not shown); "
+                              "secrets come only from environment variables (give the variable's NAME "
+                              "in a *_env field, e.g. judge_api_key_env=OPENAI_API_KEY)")
+
+
+def check_secret_free(profile: "Profile") -> None:
+    """Every run's ``*_api_key_env`` field names a variable, and no string field holds a key."""
+    for name, run in profile.runs.items():
+        values = dataclasses.asdict(run.config)
+        refuse_secret_names(values, f"{profile.path.name}: run {name!r}: field")
+    for name, ep in profile.endpoints.items():
+        refuse_secret_names(dataclasses.asdict(ep), f"{profile.path.name}: endpoint {name!r}: field")

@@ -57,6 +57,13 @@ H4_HUB_ID = "HuggingFaceH4/ultrachat_200k"
 ROLES = ("system", "user", "assistant")
 SPLITS = ("train_sft", "test_sft", "train_gen", "test_gen")
 DROP_REASONS = ("malformed", "too_short", "empty_turn", "non_alternating", "boilerplate", "duplicate")
+# The switch of :func:`curate` behind each drop reason (the malformed/short/empty/alternation
+# checks always run).
+FILTER_OF = {"boilerplate": "filter_boilerplate", "duplicate": "dedup"}
+
+
+class EmptyDataError(DataError):
+    """A dataset would be stored empty; the message names the source and what emptied it."""
 
 # Phrases marking "as an AI" boilerplate in ASSISTANT turns. Matched case-insensitively, on word
 # boundaries, with straight or curly apostrophes and any run of whitespace. The first four are
@@ -108,7 +115,11 @@ _PROTECTED = re.compile(
     re.S,
 )
 # Necessary condition for any fix (a fast path: most texts need none).
-_MAYBE_FIX = re.compile(r"(?:^|[.?!][\"')\]}”’*_]*\s)\s*[\"'(\[{“‘*_]*[^\W\d_A-Z]|(?<![^\W_])i(?![^\W_])")
+_MAYBE_FIX = re.compile(r"(?:^|[.?!][\"')\]}”’*_]*\s|\n)\s*[\"'(\[{“‘*_]*[^\W\d_A-Z]|(?<![^\W_])i(?![^\W_])")
+# Whitespace that ends a paragraph: a blank line (a line holding only spaces/tabs counts) ...
+_BLANK_LINE = re.compile(r"\n[ \t]*\n")
+# ... unless the next line is indented like a Markdown code block (4 spaces or a tab).
+_INDENTED = re.compile(r"\n(?: {4,}|\t)[^\n]*\Z")
 _LONE_I = re.compile(r"i(?:['’](?:m|ve|d|ll))?")
 _CODE_NEXT = {"=", "+=", "-=", "*=", "/=", "==", "!=", "<", ">", "<=", ">=", "in", "+", "-", "*", "/", "%"}
 _CODE_PREV = {"for", "let", "var", "int", "const", "foreach"}
@@ -168,12 +179,15 @@ def load_raw_ultrachat(source: str | os.PathLike, *, revision: str | None = None
     path = Path(src)
     if not path.is_file():
         raise DataError(f"{path}: no such file (expected a raw UltraChat .jsonl or the hub id {RAW_HUB_ID})")
+    n = -1
     for n, (lineno, row) in enumerate(iter_jsonl_numbered(path)):
         if limit and n >= limit:
             return
         require(row, "id", str, f"{path}:{lineno}")
         require(row, "data", list, f"{path}:{lineno}")
         yield row
+    if n < 0:
+        raise EmptyDataError(f"{path}: the raw UltraChat file has no rows (it is empty or only blank lines)")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -255,18 +269,26 @@ def _truecase(text: str, allow: Collection[str]) -> tuple[str, int, int]:
         return text, 0, 0
     n_start = n_i = 0
     pending, line_start, prev = True, True, ""   # the start of the text is a sentence start
+    after_block = False   # just after a fenced code block, a URL or an e-mail address
     out: list[str] = []
     for protected, seg in _segments(text):
         if protected:                            # code / URL / e-mail: kept, consumes a start
             out.append(seg)
             pending, line_start, prev = False, False, ""
+            after_block = not seg.startswith("`") or seg.startswith("```")  # not inline code
             continue
         pieces = [p for p in re.split(r"(\s+)", seg) if p]
         for k, piece in enumerate(pieces):
             if piece.isspace():
                 out.append(piece)
                 line_start = line_start or "\n" in piece
+                # A new sentence: after a blank line (a paragraph), or on the line after a code
+                # block or a URL that ends its line. Not into an indented (code) line.
+                if (_BLANK_LINE.search(piece) or (after_block and "\n" in piece)) and not _INDENTED.search(piece):
+                    pending = True
+                after_block = False
                 continue
+            after_block = False
             tok, lead = piece, len(piece) - len(piece.lstrip(_OPENERS))
             marker = line_start and _LIST_MARKER.fullmatch(piece) is not None
             if pending and not marker and _capitalisable(piece, allow):
@@ -293,7 +315,10 @@ def truecase(text: str, allow: Collection[str] = DEFAULT_ALLOW) -> tuple[str, in
     with internal capitals or that look like identifiers/filenames ("x_1", "foo.py", "len(x)"),
     list markers at a line start ("1. first item" stays as it is: list items are not sentences),
     and the word after an abbreviation ("e.g.", "Mr.", "Dr.", "etc.") or initials ("U.S.").
-    Newlines alone do not start a sentence. Returns (new text, number of fixes).
+    A single newline alone does not start a sentence (wrapped text), but a blank line does
+    (a new paragraph), and so does the line after a fenced code block or after a URL or e-mail
+    address that ends its line ("```…```\nthe function…" -> "The function…"), unless that line is
+    indented like code. Returns (new text, number of fixes).
     """
     new, n_start, n_i = _truecase(text, allow)
     return new, n_start + n_i
@@ -355,7 +380,8 @@ def _alternates(messages: Sequence[dict]) -> bool:
 
 def curate(dialogues: Iterable[Any], *, phrases: Sequence[str] | None = None, truecase: bool = True,
            filter_boilerplate: bool = True, dedup: bool = True, truecase_scope: str = "all",
-           allow: Collection[str] = DEFAULT_ALLOW, n_examples: int = 10) -> tuple[list[list[dict]], dict]:
+           allow: Collection[str] = DEFAULT_ALLOW, n_examples: int = 10,
+           source: str | None = None, allow_empty: bool = False) -> tuple[list[list[dict]], dict]:
     """Validate, filter, truecase and deduplicate dialogues; return (kept, report).
 
     ``dialogues``: message lists, raw UltraChat rows (``{"id", "data"}``) or ultrachat_200k rows.
@@ -366,6 +392,10 @@ def curate(dialogues: Iterable[Any], *, phrases: Sequence[str] | None = None, tr
     dialogues with >= 1 fix), truecase_fixes, dropped[reason], dropped_by_phrase[phrase] (a
     dialogue counts once under each phrase it contains), truecase_examples (first
     ``n_examples`` before/after snippets) and errors (first 20 malformed-row messages).
+
+    Nothing kept is an error (:class:`EmptyDataError` naming ``source`` and the filters that
+    dropped the dialogues, with counts), unless ``allow_empty``: an empty corpus must never be
+    stored as a complete run.
     """
     if truecase_scope not in ("all", "assistant"):
         raise ValueError(f"truecase_scope must be 'all' or 'assistant', got {truecase_scope!r}")
@@ -435,7 +465,22 @@ def curate(dialogues: Iterable[Any], *, phrases: Sequence[str] | None = None, tr
                      "filter_boilerplate": filter_boilerplate, "dedup": dedup, "phrases": list(phrases)},
     }
     assert n_in == len(kept) + sum(dropped.values())
+    if not kept and not allow_empty:
+        raise EmptyDataError(empty_message(report, source))
     return kept, report
+
+
+def empty_message(report: dict, source: str | None = None) -> str:
+    """Why a curation kept nothing: the source, and each filter that dropped dialogues."""
+    where = f"source {source!r}" if source else "the input"
+    if not report["n_in"]:
+        return f"{where} gave no dialogues at all (0 rows read): nothing to curate"
+    reasons = sorted(((n, r) for r, n in report["dropped"].items() if n), reverse=True)
+    parts = [f"{r} {n}" + (f" (switch: {FILTER_OF[r]}=false keeps them)" if r in FILTER_OF else "")
+             for n, r in reasons]
+    errors = f"; first error: {report['errors'][0]}" if report.get("errors") else ""
+    return (f"curation emptied {where}: all {report['n_in']} dialogue(s) were dropped, by filter: "
+            f"{', '.join(parts)}{errors}")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -522,12 +567,16 @@ def split_dataset(rows: Sequence[dict], *, test_frac: float, seed: int):
     Split by prompt: the distinct prompt_ids are sorted, shuffled with ``random.Random(seed)``
     and the first max(1, round(test_frac * n_prompts)) go to test (none if test_frac == 0; at
     least one prompt stays in train). Rows keep their input order within a split. The gen splits
-    are the sft rows of the same side with the final assistant turn removed.
+    are the sft rows of the same side with the final assistant turn removed. No rows is an error;
+    an empty test side (test_frac 0, or a single prompt) is kept, and :func:`save_dataset` writes
+    it so that ``load_from_disk`` reads it back.
     """
     import datasets
 
     if not 0.0 <= test_frac < 1.0:
         raise ValueError(f"test_frac must be in [0, 1), got {test_frac}")
+    if not rows:
+        raise EmptyDataError("split_dataset: no rows to split (an empty dataset is never stored)")
     for i, r in enumerate(rows):
         validate_200k_row(r, f"rows[{i}]", kind="sft")
     ids = sorted({r["prompt_id"] for r in rows})
@@ -544,13 +593,29 @@ def split_dataset(rows: Sequence[dict], *, test_frac: float, seed: int):
 
 
 def save_dataset(ds, path: str | os.PathLike) -> Path:
-    """``save_to_disk`` into a temporary sibling folder, then rename it into place."""
+    """``save_to_disk`` into a temporary sibling folder, then rename it into place.
+
+    Refuses a dataset whose training split (``train_sft``, or a lone Dataset) has no rows. An
+    empty split is written as one empty shard: ``save_to_disk``'s default writes none, which
+    ``load_from_disk`` cannot read back.
+    """
+    import datasets
+
     path = Path(path)
+    parts = dict(ds) if isinstance(ds, datasets.DatasetDict) else {None: ds}
+    train = parts.get("train_sft", next(iter(parts.values()), None)) if parts else None
+    if train is None or len(train) == 0:
+        raise EmptyDataError(f"{path}: refusing to store a dataset whose training split is empty "
+                             f"(splits: { {k: len(v) for k, v in parts.items()} })")
+    shards = {k: 1 for k, v in parts.items() if len(v) == 0}
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.parent / f".{path.name}.tmp-{os.getpid()}"
     old = path.parent / f".{path.name}.old-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
-    ds.save_to_disk(str(tmp))
+    if isinstance(ds, datasets.DatasetDict):
+        ds.save_to_disk(str(tmp), num_shards=shards or None)
+    else:
+        ds.save_to_disk(str(tmp), num_shards=1 if shards else None)
     if path.exists():
         os.replace(path, old)
     os.replace(tmp, path)

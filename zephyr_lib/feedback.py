@@ -630,6 +630,28 @@ def _read_local_rows(path: Path) -> list[tuple[str, dict]]:
     raise DataError(f"{path}: unsupported file type (use .jsonl, .json or .parquet)")
 
 
+class NotRawUltraFeedbackError(DataError):
+    """The source is not raw openbmb/UltraFeedback but (by its layout or its rows' fields) an
+    ultrafeedback_binarized-style dataset. A caller that accepts both tries :func:`load_binarized`
+    on this error only: any other error of :func:`load_raw_ultrafeedback` (invalid JSON, a
+    missing field, a bad rating) is the raw file's own problem and names the file and row."""
+
+
+def _looks_binarized(row: Any) -> bool:
+    return isinstance(row, dict) and "chosen" in row and "rejected" in row and "completions" not in row
+
+
+def _binarized_layout(path: Path) -> bool:
+    """A save_to_disk DatasetDict, or files named by an ultrafeedback_binarized split."""
+    if path.is_dir():
+        if (path / "dataset_dict.json").exists():
+            return True
+        files = [p for p in path.rglob("*") if p.suffix in (".jsonl", ".json", ".parquet")
+                 and p.name not in ("dataset_info.json", "state.json", "dataset_dict.json")]
+        return bool(files) and all(_split_of(f) in BINARIZED_SPLITS for f in files)
+    return _split_of(path) in BINARIZED_SPLITS
+
+
 def load_raw_ultrafeedback(source: str | os.PathLike, split: str = "train", revision: str | None = None,
                            *, validate: bool = True, cache_dir: str | None = None) -> list[dict]:
     """Rows of openbmb/UltraFeedback from a local file/folder or the hub.
@@ -637,19 +659,52 @@ def load_raw_ultrafeedback(source: str | os.PathLike, split: str = "train", revi
     ``source``: a path to .jsonl/.json/.parquet (or a folder of them), or a hub id such as
     "openbmb/UltraFeedback" loaded with ``datasets.load_dataset(source, split=split,
     revision=revision)`` (e.g. revision=UF_FIXED_REVISION). Every row is validated.
+
+    Errors: :class:`NotRawUltraFeedbackError` when the source is an ultrafeedback_binarized-style
+    dataset (a save_to_disk folder, files named by its splits, or rows with chosen/rejected and
+    no completions); a :class:`~zephyr_lib.io.DataError` naming the file, row and field for a
+    malformed raw file (invalid JSON, a missing field, a bad rating) or an empty one.
     """
     path = Path(source)
     if path.exists():
+        if _binarized_layout(path):
+            raise NotRawUltraFeedbackError(f"{path}: an ultrafeedback_binarized-style layout (split-named "
+                                           "files or a save_to_disk folder), not raw UltraFeedback")
         pairs = _read_local_rows(path)
     else:
         import datasets
 
-        ds = datasets.load_dataset(str(source), split=split, revision=revision, cache_dir=cache_dir)
+        try:
+            ds = datasets.load_dataset(str(source), split=split, revision=revision, cache_dir=cache_dir)
+        except ValueError as e:  # e.g. "Unknown split": ultrafeedback_binarized has train_prefs, ...
+            try:
+                names = datasets.get_dataset_split_names(str(source), revision=revision)
+            except Exception:  # noqa: BLE001 - the loader's own error is the one to show
+                names = []
+            if names and set(names) <= set(BINARIZED_SPLITS):
+                raise NotRawUltraFeedbackError(f"{source}: splits {names} are ultrafeedback_binarized's, "
+                                               "not raw UltraFeedback's") from None
+            raise
         pairs = [(f"{source}@{revision or 'main'}[{split}] row {i}", row) for i, row in enumerate(ds)]
+    if not pairs:
+        raise DataError(f"{source}: no rows (an empty raw UltraFeedback source)")
+    if _looks_binarized(pairs[0][1]):
+        raise NotRawUltraFeedbackError(f"{pairs[0][0]}: has 'chosen'/'rejected' and no 'completions': "
+                                       "an ultrafeedback_binarized row, not raw UltraFeedback")
     if validate:
         for where, row in pairs:
             validate_raw_row(row, where)
     return [row for _, row in pairs]
+
+
+def load_feedback_source(source: str | os.PathLike, revision: str | None = None):
+    """("raw", rows) for raw UltraFeedback, or ("binarized", DatasetDict) for an
+    ultrafeedback_binarized-style source. A malformed raw source raises its own error (file, row,
+    field); only a source that is not raw at all is read as binarized."""
+    try:
+        return "raw", load_raw_ultrafeedback(source, revision=revision)
+    except NotRawUltraFeedbackError:
+        return "binarized", load_binarized(source, revision=revision)
 
 
 # --------------------------------------------------------------------------------------------

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import tempfile
 from pathlib import Path
 from typing import Any, Iterable, Iterator
@@ -17,11 +18,28 @@ class DataError(ValueError):
     """Malformed input: the message names the file, row and field."""
 
 
+def _umask() -> int:
+    """The process umask, read without changing it (Linux), else by the set-and-restore dance."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+FILE_MODE = 0o666  # before the umask: 0644 with the usual umask 022, as open() would create it
+
+
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, FILE_MODE & ~_umask())  # mkstemp makes 0600: other readers of the store need 0644
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
@@ -97,24 +115,67 @@ def require(row: dict, field: str, types: type | tuple[type, ...], where: str) -
     return value
 
 
-def fetch(source: str | os.PathLike, cache_dir: str | os.PathLike) -> Path:
-    """A local path as is; an http(s) URL downloaded once into `cache_dir` (atomically) and reused."""
+def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
+    """Hex sha256 of a file's bytes, read in chunks (model weights do not fit in memory twice)."""
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+class ChecksumError(DataError):
+    """A file's sha256 is not the one expected."""
+
+
+def _check_sha256(path: Path, expected: str, what: str) -> str:
+    got = sha256_file(path)
+    if got != expected.lower():
+        raise ChecksumError(f"{what}: sha256 {got} does not match the expected {expected.lower()}")
+    return got
+
+
+def fetch(source: str | os.PathLike, cache_dir: str | os.PathLike, sha256: str | None = None) -> Path:
+    """A local path as is; an http(s) URL downloaded once into `cache_dir` (atomically) and reused.
+
+    With ``sha256`` (64 hex digits) the file's bytes must have that hash: a download that does
+    not match is refused and not kept, a cached copy that no longer matches is refused naming it.
+    Every download is recorded beside the file in ``<file>.source.json`` (URL, size, sha256,
+    time), so the store tells which bytes a run read even when no hash was given.
+    """
+    if sha256 is not None and not re.fullmatch(r"[0-9a-fA-F]{64}", sha256):
+        raise ValueError(f"fetch: sha256 must be 64 hex digits, got {len(sha256)} characters")
     src = str(source)
     if not src.startswith(("http://", "https://")):
         path = Path(src)
         if not path.exists():
             raise FileNotFoundError(f"{path} does not exist")
+        if sha256 is not None:
+            _check_sha256(path, sha256, str(path))
         return path
     import hashlib
+    import time
     import urllib.request
 
     name = hashlib.sha256(src.encode()).hexdigest()[:12] + "-" + Path(src.split("?")[0]).name
     path = Path(cache_dir) / name
-    if not path.exists():
-        try:
-            with urllib.request.urlopen(src, timeout=60) as r:  # noqa: S310 - a URL the user configured
-                data = r.read()
-        except OSError as e:
-            raise OSError(f"could not download {src}: {e}") from None
-        atomic_write_bytes(path, data)
+    record = path.with_name(path.name + ".source.json")
+    if path.exists():
+        if sha256 is not None:
+            _check_sha256(path, sha256, f"{path} (cached download of {src}; delete it to download again)")
+        return path
+    try:
+        with urllib.request.urlopen(src, timeout=60) as r:  # noqa: S310 - a URL the user configured
+            data = r.read()
+    except OSError as e:
+        raise OSError(f"could not download {src}: {e}") from None
+    got = hashlib.sha256(data).hexdigest()
+    if sha256 is not None and got != sha256.lower():
+        raise ChecksumError(f"{src}: the download's sha256 {got} does not match the expected "
+                            f"{sha256.lower()}; nothing was kept")
+    atomic_write_bytes(path, data)
+    write_json(record, {"url": src, "size": len(data), "sha256": got, "expected_sha256": sha256,
+                        "downloaded": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
     return path

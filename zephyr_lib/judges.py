@@ -10,7 +10,9 @@ texts. This module separates three concerns:
 * :class:`Judge` -- wraps a backend with an on-disk cache (one JSON file per request, written
   atomically) and a batch API, :meth:`Judge.complete_many`, that keeps results in input order,
   re-asks when a reply cannot be parsed, records every failure instead of silently scoring it,
-  and counts what happened in ``judge.stats``. Rerunning the same inputs makes no backend call.
+  sends identical requests of a batch once, and counts what happened in ``judge.stats``.
+  Rerunning the same inputs makes no backend call for what succeeded, and asks again for what
+  failed; :func:`require_success` turns failures beyond a stage's budget into an error.
 * :func:`judge_from_config` -- builds a :class:`Judge` from config values (``kind="openai"``
   for any OpenAI-compatible server, a kind registered with :func:`register_backend`, or a
   ready backend object).
@@ -33,6 +35,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import dataclasses
 import email.utils
 import hashlib
 import json
@@ -402,12 +405,19 @@ class JudgeResult:
 class JudgeStats:
     """Counters over the judge's lifetime.
 
-    calls: backend calls made (cache misses); cache_hits: answers read from the cache;
-    retries: extra HTTP requests made by transport retries; parse_retries: re-asks because a reply
-    did not parse; parse_failures: inputs finally recorded ok=False for an unparsable reply;
-    transport_failures: calls that failed after all retries; tokens and cost count fresh calls only.
+    inputs: inputs given to complete_many; failed: inputs finally recorded ok=False (what
+    :func:`require_success` checks); deduplicated: inputs identical to another input of the same
+    batch, answered by that one's call; calls: backend calls made (cache misses); cache_hits:
+    replies read from the cache; retries: extra HTTP requests made by transport retries;
+    parse_retries: re-asks because a reply did not parse (in this run, or asked again on a rerun
+    because the cached reply did not parse); parse_failures: inputs finally recorded ok=False for
+    an unparsable reply; transport_failures: calls that failed after all retries; tokens and cost
+    count fresh calls only.
     """
 
+    inputs: int = 0
+    failed: int = 0
+    deduplicated: int = 0
     calls: int = 0
     cache_hits: int = 0
     retries: int = 0
@@ -422,6 +432,60 @@ class JudgeStats:
         return asdict(self)
 
 
+class JudgeFailuresError(JudgeError):
+    """More judge requests failed than a stage's failure budget allows. The run must not be
+    stored as complete; the judge cache keeps every success, so a rerun asks only for the rest."""
+
+    def __init__(self, message: str, *, failed: int, total: int, budget: float, where: str):
+        super().__init__(message)
+        self.failed, self.total, self.budget, self.where = failed, total, budget, where
+
+
+def require_success(stats_or_results: "JudgeStats | dict | Sequence[JudgeResult]", budget: float = 0.0,
+                    where: str = "judge") -> dict:
+    """Raise :class:`JudgeFailuresError` if the share of failed judge requests exceeds ``budget``.
+
+    Call it after judging and before writing the run's outputs, e.g.
+    ``judges.require_success(judge.stats, cfg.judge_failure_budget, where="aif")``.
+    ``stats_or_results``: a :class:`JudgeStats` (or its ``as_dict()``), or the list of
+    :class:`JudgeResult` a batch returned. ``budget`` is a fraction in [0, 1): the default 0 makes
+    any failure an error (the run stays incomplete and resumable: the judge cache keeps the
+    successes, unparsable replies are asked again). Returns the counts (total, failed, transport,
+    unparsable, rate, budget) for the stage's metrics.
+    """
+    if not 0.0 <= float(budget) < 1.0:
+        raise ValueError(f"{where}: the judge failure budget must be in [0, 1), got {budget!r}")
+    if isinstance(stats_or_results, JudgeStats):
+        stats_or_results = stats_or_results.as_dict()
+    if isinstance(stats_or_results, dict):
+        total, failed = int(stats_or_results.get("inputs", 0)), int(stats_or_results.get("failed", 0))
+        unparsable = int(stats_or_results.get("parse_failures", 0))
+        transport = max(0, failed - unparsable)
+    else:
+        results = list(stats_or_results)
+        total = len(results)
+        bad = [r for r in results if not r.ok]
+        failed = len(bad)
+        transport = sum(r.text is None for r in bad)
+        unparsable = failed - transport
+    rate = failed / total if total else 0.0
+    counts = {"total": total, "failed": failed, "transport": transport, "unparsable": unparsable,
+              "rate": rate, "budget": float(budget)}
+    if failed and rate > budget:
+        raise JudgeFailuresError(
+            f"{where}: {failed} of {total} judge request(s) failed ({transport} transport failure(s), "
+            f"{unparsable} unparsable repl(ies)) = {rate:.1%}, over the failure budget of {budget:.1%}. "
+            "The run is not stored as complete; the judge cache keeps the successes, so a rerun "
+            "asks only for the failed requests (unparsable ones a limited number of times).",
+            failed=failed, total=total, budget=float(budget), where=where)
+    return counts
+
+
+# How many runs ask again for a request whose replies do not parse: each run makes up to
+# parse_retries + 1 attempts, and the attempts are recorded in the cache across runs.
+RUNS_ASKING_AGAIN = 3
+
+
 def cache_key(backend_name: str, messages: list[dict], temperature: float, max_tokens: int, attempt: int) -> str:
     """sha256 of the canonical JSON of everything that determines a judge reply."""
     payload = {"backend": backend_name, "messages": messages, "temperature": float(temperature),
@@ -433,8 +497,10 @@ def cache_key(backend_name: str, messages: list[dict], temperature: float, max_t
 class Judge:
     """A backend plus an on-disk cache (``cache_dir/ab/abcdef….json``, one file per request).
 
-    Only successful backend replies are cached, so failed calls are retried on the next run,
-    while a rerun over the same inputs makes zero backend calls.
+    Failed calls are never cached, so they are retried on the next run. A reply that parses is
+    cached as final: a rerun over the same inputs makes zero backend calls for it. A reply that
+    does not parse is cached with its parse error but not as final: a rerun re-parses it and
+    otherwise asks again, up to a limit of attempts recorded in the cache.
     """
 
     def __init__(self, backend: Backend, cache_dir: str | os.PathLike, *, progress: bool = True):
@@ -475,8 +541,12 @@ class Judge:
             return None
         return entry
 
-    def _cache_put(self, key: str, messages, temperature, max_tokens, attempt, comp: Completion) -> None:
-        write_json(self._path(key), {
+    def _cache_put(self, key: str, messages, temperature, max_tokens, attempt, comp: Completion,
+                   parse_error: str | None = None, max_attempts: int | None = None) -> None:
+        """Cache one reply. An unparsable one is recorded with its parse error but is not final:
+        the next run reads it, fails to parse it again, and asks with the next attempt index
+        (until ``max_attempts`` attempts are recorded)."""
+        entry = {
             "key": key,
             "backend": self.backend.name,
             "request": {"messages": messages, "temperature": float(temperature),
@@ -484,7 +554,12 @@ class Judge:
             "text": comp.text,
             "usage": {"prompt_tokens": comp.prompt_tokens, "completion_tokens": comp.completion_tokens},
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        })
+        }
+        if parse_error is not None:
+            entry["parse_error"] = parse_error
+            entry["final"] = False
+            entry["attempts_allowed"] = max_attempts
+        write_json(self._path(key), entry)
 
     # -- accounting ---------------------------------------------------------------------------
 
@@ -512,110 +587,167 @@ class Judge:
 
     def complete_many(self, list_of_messages: Sequence[list[dict]], *, parse: Callable[[str], Any] | None = None,
                       parse_retries: int = 0, temperature: float = 0.0, max_tokens: int = 1024,
-                      desc: str | None = "judge") -> list[JudgeResult]:
+                      desc: str | None = "judge", max_attempts: int | None = None) -> list[JudgeResult]:
         """Answer every message list; results come back in input order.
 
-        If ``parse`` is given, it turns a reply text into the parsed value; raising ValueError or
-        returning None marks the reply unparsable, and the same request is asked again (attempt
-        index 1, 2, … in the cache key, so re-asks are new calls but reruns are free) up to
-        ``parse_retries`` times, after which the input is recorded ok=False with the error.
-        Transport failures are recorded ok=False and counted, not raised -- unless no input of
-        the batch got an answer at all, which raises :class:`AllCallsFailedError`.
+        Identical inputs within the batch are sent once (counted in ``stats.deduplicated``) and
+        share the result. If ``parse`` is given, it turns a reply text into the parsed value;
+        raising ValueError or returning None marks the reply unparsable, and the same request is
+        asked again (attempt index 1, 2, … in the cache key, so re-asks are new calls but reruns
+        are free) up to ``parse_retries`` times in this run, after which the input is recorded
+        ok=False with the error. An unparsable reply is cached with its parse error but never as
+        final: a later run re-parses it (a fixed parser recovers it for free) and otherwise asks
+        again with the next attempt index, until ``max_attempts`` attempts are recorded across
+        runs (default: parse_retries + 1 per run, for ``RUNS_ASKING_AGAIN`` runs).
+        Transport failures are recorded ok=False and counted, never cached, not raised -- unless
+        no input of the batch got an answer at all, which raises :class:`AllCallsFailedError`.
+        Check the outcome with :func:`require_success`.
         """
         from tqdm.auto import tqdm
 
         if parse_retries < 0:
             raise ValueError("parse_retries must be >= 0")
+        per_run = parse_retries + 1
+        max_attempts = RUNS_ASKING_AGAIN * per_run if max_attempts is None else int(max_attempts)
+        if max_attempts < 1:
+            raise ValueError("max_attempts must be >= 1")
         inputs = [list(m) for m in list_of_messages]
         for idx, m in enumerate(inputs):
             if not m or not all(isinstance(x, dict) and "role" in x and "content" in x for x in m):
                 raise ValueError(f"input {idx}: expected a non-empty list of {{'role', 'content'}} messages")
         n = len(inputs)
-        results: list[JudgeResult | None] = [None] * n
-        pending = list(range(n))
-        fresh_calls = fresh_failures = answered = 0
+        # identical requests (same cache key) are asked once; `rep` is the input that asks
+        members: dict[str, list[int]] = {}
+        for i, m in enumerate(inputs):
+            members.setdefault(cache_key(self.backend.name, m, temperature, max_tokens, 0), []).append(i)
+        uniq = list(members)
+        rep = {u: members[u][0] for u in uniq}
+        with self._lock:
+            self.stats.inputs += n
+            self.stats.deduplicated += n - len(uniq)
+
+        def key(u: str, attempt: int) -> str:
+            return u if attempt == 0 else cache_key(self.backend.name, inputs[rep[u]], temperature, max_tokens, attempt)
+
+        def parsed_of(text: str):
+            """(parsed, None) or (None, error message)."""
+            if parse is None:
+                return None, None
+            try:
+                value = parse(text)
+                if value is None:
+                    raise ValueError("parser returned None")
+            except ValueError as e:
+                return None, str(e)
+            return value, None
+
+        outcome: dict[str, JudgeResult] = {}
+        attempt = {u: 0 for u in uniq}      # the attempt index to look at next
+        fresh = {u: 0 for u in uniq}        # calls made for it in this run
+        last_error: dict[str, str] = {}
+        last_text: dict[str, str] = {}
+        fresh_calls = fresh_failures = 0
+        answered: set[str] = set()
         batch_capable = callable(getattr(self.backend, "complete_batch", None))
         bar = tqdm(total=n, desc=desc or "judge", disable=not (self.progress and desc), leave=False)
+
+        def finish(u: str, res: JudgeResult) -> None:
+            outcome[u] = res
+            bar.update(len(members[u]))
+
+        def give_up(u: str, why: str) -> None:
+            with self._lock:
+                self.stats.parse_failures += 1
+            finish(u, JudgeResult(last_text.get(u), None, False,
+                                  f"unparsable reply after {attempt[u]} attempt(s){why}: {last_error.get(u)}",
+                                  fresh[u] == 0, attempt[u]))
+
+        pending = list(uniq)
         try:
-            for attempt in range(parse_retries + 1):
-                if not pending:
+            while pending:
+                to_call: list[str] = []
+                for u in pending:
+                    while attempt[u] < max_attempts:  # replies earlier attempts (or runs) left in the cache
+                        entry = self._cache_get(key(u, attempt[u]))
+                        if entry is None:
+                            break
+                        with self._lock:
+                            self.stats.cache_hits += 1
+                        answered.add(u)
+                        value, err = parsed_of(entry["text"])
+                        if err is None:
+                            finish(u, JudgeResult(entry["text"], value, True, None, fresh[u] == 0, attempt[u] + 1))
+                            break
+                        last_error[u], last_text[u] = err, entry["text"]
+                        attempt[u] += 1
+                    if u in outcome:
+                        continue
+                    if attempt[u] >= max_attempts:
+                        give_up(u, f" (the limit of {max_attempts} across runs is reached: the request is not asked again)")
+                    elif fresh[u] >= per_run:
+                        give_up(u, f" (a rerun asks again, up to {max_attempts} attempts in all)")
+                    else:
+                        if attempt[u] > 0:
+                            with self._lock:
+                                self.stats.parse_retries += 1
+                        to_call.append(u)
+                if not to_call:
                     break
-                if attempt:
-                    bar.total += len(pending)
-                    bar.refresh()
-                keys = {i: cache_key(self.backend.name, inputs[i], temperature, max_tokens, attempt) for i in pending}
-                replies: dict[int, tuple[str | None, str | None, bool]] = {}  # i -> (text, error, cached)
-                misses = []
-                for i in pending:
-                    entry = self._cache_get(keys[i])
-                    if entry is None:
-                        misses.append(i)
-                    else:
-                        self.stats.cache_hits += 1
-                        replies[i] = (entry["text"], None, True)
-                        bar.update(1)
+                replies: dict[str, Completion | Exception] = {}
 
-                def done(j: int, res, attempt=attempt, misses=misses, keys=keys):
-                    i = misses[j]
+                def done(j: int, res, to_call=to_call, replies=replies):
+                    u = to_call[j]
                     self._account(res)
-                    if isinstance(res, Completion):
-                        self._cache_put(keys[i], inputs[i], temperature, max_tokens, attempt, res)
-                        replies[i] = (res.text, None, False)
-                    else:
-                        replies[i] = (None, f"{type(res).__name__}: {res}", False)
-                    bar.update(1)
+                    replies[u] = res
 
-                if misses:
-                    if batch_capable:
-                        self.backend.complete_batch([inputs[i] for i in misses], temperature=temperature,
-                                                    max_tokens=max_tokens, on_done=done)
-                    else:
-                        for j, i in enumerate(misses):
-                            try:
-                                res = self.backend.complete(inputs[i], temperature=temperature, max_tokens=max_tokens)
-                                if not isinstance(res, Completion) or not isinstance(res.text, str):
-                                    raise TransportError(f"backend {self.backend.name} returned "
-                                                         f"{type(res).__name__}, not a Completion")
-                            except FatalBackendError:
-                                raise
-                            except Exception as e:  # recorded per input, never silently scored
-                                res = e
-                            done(j, res)
-                    fresh_calls += len(misses)
-                    fresh_failures += sum(1 for i in misses if replies[i][0] is None)
-
+                if batch_capable:
+                    self.backend.complete_batch([inputs[rep[u]] for u in to_call], temperature=temperature,
+                                                max_tokens=max_tokens, on_done=done)
+                else:
+                    for j, u in enumerate(to_call):
+                        try:
+                            res = self.backend.complete(inputs[rep[u]], temperature=temperature, max_tokens=max_tokens)
+                            if not isinstance(res, Completion) or not isinstance(res.text, str):
+                                raise TransportError(f"backend {self.backend.name} returned "
+                                                     f"{type(res).__name__}, not a Completion")
+                        except FatalBackendError:
+                            raise
+                        except Exception as e:  # recorded per input, never silently scored
+                            res = e
+                        done(j, res)
+                fresh_calls += len(to_call)
                 next_pending = []
-                for i in pending:
-                    text, error, cached = replies[i]
-                    if text is None:
-                        results[i] = JudgeResult(None, None, False, error, False, attempt + 1)
+                for u in to_call:
+                    res = replies[u]
+                    fresh[u] += 1
+                    if not isinstance(res, Completion):
+                        fresh_failures += 1
+                        finish(u, JudgeResult(None, None, False, f"{type(res).__name__}: {res}", False, attempt[u] + 1))
                         continue
-                    answered += 1
-                    if parse is None:
-                        results[i] = JudgeResult(text, None, True, None, cached, attempt + 1)
+                    answered.add(u)
+                    value, err = parsed_of(res.text)
+                    self._cache_put(key(u, attempt[u]), inputs[rep[u]], temperature, max_tokens, attempt[u], res,
+                                    parse_error=err, max_attempts=max_attempts)
+                    if err is None:
+                        finish(u, JudgeResult(res.text, value, True, None, False, attempt[u] + 1))
                         continue
-                    try:
-                        parsed = parse(text)
-                        if parsed is None:
-                            raise ValueError("parser returned None")
-                    except ValueError as e:
-                        if attempt < parse_retries:
-                            self.stats.parse_retries += 1
-                            next_pending.append(i)
-                        else:
-                            self.stats.parse_failures += 1
-                            results[i] = JudgeResult(text, None, False,
-                                                     f"unparsable reply after {attempt + 1} attempt(s): {e}",
-                                                     cached, attempt + 1)
-                        continue
-                    results[i] = JudgeResult(text, parsed, True, None, cached, attempt + 1)
+                    last_error[u], last_text[u] = err, res.text
+                    attempt[u] += 1
+                    next_pending.append(u)
                 pending = next_pending
         finally:
             bar.close()
-        if fresh_calls and fresh_failures == fresh_calls and answered == 0:
-            first = next(r.error for r in results if r is not None and r.error)
+        if fresh_calls and fresh_failures == fresh_calls and not answered:
+            first = next(r.error for r in outcome.values() if r.error)
             raise AllCallsFailedError(
                 f"all {fresh_calls} call(s) to judge {self.endpoint} failed; first error: {first}")
+        results: list[JudgeResult | None] = [None] * n
+        for u, idxs in members.items():
+            for i in idxs:
+                results[i] = dataclasses.replace(outcome[u])
+        failed = sum(not r.ok for r in results)  # type: ignore[union-attr]
+        with self._lock:
+            self.stats.failed += failed
         if self.stats.transport_failures or self.stats.parse_failures:
             log.info("judge %s: %s", self.backend.name, self.stats.as_dict())
         assert all(r is not None for r in results), "judge: an input was left without a result"

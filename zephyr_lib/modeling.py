@@ -174,12 +174,58 @@ def pretrain(model, tokenizer, train_blocks, eval_blocks, cfg, out_dir: Path, lo
             "eval_perplexity": math.exp(final["eval_loss"]), "steps": trainer.state.global_step}
 
 
-def last_checkpoint(folder: Path) -> str | None:
-    """The newest checkpoint-N in `folder` whose trainer state was fully written, if any."""
+WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin", "adapter_model.safetensors", "adapter_model.bin")
+WEIGHT_INDEXES = ("model.safetensors.index.json", "pytorch_model.bin.index.json")
+
+
+def checkpoint_problem(path: Path) -> str | None:
+    """Why the checkpoint folder ``path`` cannot be resumed from, or None if it is complete:
+    ``trainer_state.json`` parses as a JSON object and the weights are there (one weights file,
+    or a shard index whose every shard exists; a DeepSpeed ``global_step*`` folder also counts)."""
+    state = path / "trainer_state.json"
+    try:
+        data = json.loads(state.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return "no trainer_state.json"
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        return f"trainer_state.json is unreadable or half-written ({type(e).__name__})"
+    if not isinstance(data, dict) or "global_step" not in data:
+        return "trainer_state.json has no global_step"
+    if any((path / f).is_file() and (path / f).stat().st_size > 0 for f in WEIGHT_FILES):
+        return None
+    for name in WEIGHT_INDEXES:
+        if (path / name).is_file():
+            try:
+                shards = set(json.loads((path / name).read_text(encoding="utf-8"))["weight_map"].values())
+            except (OSError, ValueError, KeyError, TypeError, AttributeError):
+                return f"{name} is unreadable"
+            missing = sorted(s for s in shards if not (path / s).is_file())
+            return f"missing weight shard(s) {missing[:3]}" if missing else None
+    if any(p.is_dir() for p in path.glob("global_step*")):  # DeepSpeed ZeRO: weights in its own folder
+        return None
+    return f"no weights file ({' / '.join(WEIGHT_FILES[:2])})"
+
+
+def last_checkpoint(folder: Path, log=print) -> str | None:
+    """The newest checkpoint-N in `folder` that is complete (see :func:`checkpoint_problem`), if any.
+
+    A checkpoint cut short by a kill (the Trainer writes its files one by one, not atomically) is
+    skipped with a message naming it, and the next older complete one is used."""
+    folder = Path(folder)
     if not folder.is_dir():
         return None
-    done = [p for p in folder.glob("checkpoint-*") if (p / "trainer_state.json").is_file()]
-    return str(max(done, key=lambda p: int(p.name.split("-")[1]))) if done else None
+    found = []
+    for p in folder.glob("checkpoint-*"):
+        step = p.name.split("-", 1)[1]
+        if p.is_dir() and step.isdigit():
+            found.append((int(step), p))
+    for _, p in sorted(found, reverse=True):
+        problem = checkpoint_problem(p)
+        if problem is None:
+            log(f"resuming from {p}")
+            return str(p)
+        log(f"skipping incomplete checkpoint {p} ({problem}); resuming from an older one if there is one")
+    return None
 
 
 POINTER = "zephyr_pretrained.json"  # in a base run's model folder when the weights live on the hub

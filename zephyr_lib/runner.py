@@ -10,33 +10,210 @@ whose config and upstream hashes already have a complete folder is skipped ("cac
 executed notebook of a stage's main run (the run named like the stage) goes into
 ``book/stages/``; other runs' executed notebooks go to ``runs/<profile>/executed/``. A failed
 notebook never reaches the book: the error names the run, the failing cell and the log.
+
+The runner owns what it starts. Every process of a stage (papermill, its kernel, anything the
+kernel starts, e.g. an ``accelerate launch`` job, in whatever session) carries a token in its
+environment. Ctrl-C or SIGTERM to the runner stops all of them, releases the run's lock and says
+what was kept (a resumable stage's ``.partial-*`` folder: the rerun resumes from it); a watchdog
+process in its own session does the same if the runner itself is killed (SIGKILL of its group).
+Parameters are checked for secrets before papermill writes anything, and the store's OS errors
+(read-only, disk full) are one line naming the path.
 """
 from __future__ import annotations
 
+import errno
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+import uuid
+from collections import deque
 from pathlib import Path
 
 import nbformat
 import yaml
 
-from .config import REPO, Profile, load_profile, parse_override
+from .config import REPO, Profile, check_secret_free, load_profile, parse_override, refuse_secret_names
+from .io import DataError, read_json
 from .stages import STAGES
-from .store import RUNS_DIR, context
+from .store import (BUILD_INFO, MANIFEST, RUNS_DIR, CorruptRunError, StoreError, clean_debris, stage_resumes,
+                    context, lock_held, lock_owner, os_error_line, pid_alive, store_op)
 
 NOTEBOOKS = REPO / "notebooks"
 BOOK_STAGES = Path(os.environ.get("ZEPHYR_BOOK_STAGES", REPO / "book" / "stages"))
 DEFAULT_TIMEOUT_S = {"smoke": 900, "toy": 3600}
 
 
+STAGE_TOKEN_ENV = "ZEPHYR_STAGE_TOKEN"  # marks every process of one stage execution
+STOP_GRACE_S = 10.0  # SIGTERM, then this long, then SIGKILL
+
+
 class StageFailed(RuntimeError):
     pass
+
+
+class StageInterrupted(KeyboardInterrupt):
+    """The runner got SIGINT or SIGTERM; ``signum`` says which."""
+
+    def __init__(self, signum: int):
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+# ---- owning the stage's processes -------------------------------------------------------------
+
+def marked_processes(token: str) -> list[int]:
+    """Pids of live processes whose environment carries ``token`` (every process of a stage)."""
+    needle = f"{STAGE_TOKEN_ENV}={token}".encode()
+    me, pids = os.getpid(), []
+    for d in os.listdir("/proc"):
+        if not d.isdigit() or int(d) == me:
+            continue
+        try:
+            with open(f"/proc/{d}/environ", "rb") as f:
+                if needle in f.read().split(b"\0"):
+                    pids.append(int(d))
+        except OSError:  # gone, or not ours
+            pass
+    return pids
+
+
+def stop_marked(token: str, grace_s: float = STOP_GRACE_S) -> int:
+    """SIGTERM every process of the stage, wait up to ``grace_s``, SIGKILL the rest. Returns how
+    many processes there were."""
+    seen: dict[int, str | None] = {}  # pid -> its start time, so a reused pid is never signalled
+
+    def running() -> list[int]:
+        # a dying process stops showing its environment before it has released its files (and
+        # its locks): wait until every process seen is gone (or a zombie)
+        for pid in marked_processes(token):
+            seen.setdefault(pid, _start_time(pid))
+        return [p for p, t in seen.items() if pid_alive(p) and _start_time(p) == t]
+
+    n = len(running())
+    for sig, wait in ((signal.SIGTERM, grace_s), (signal.SIGKILL, 5.0)):
+        pids = running()
+        if not pids:
+            break
+        for pid in pids:
+            try:
+                os.kill(pid, sig)
+            except OSError:
+                pass
+        deadline = time.time() + wait
+        while time.time() < deadline and running():
+            time.sleep(0.1)
+    return max(n, len(seen))
+
+
+def _start_time(pid: int) -> str | None:
+    try:
+        with open(f"/proc/{pid}/stat", encoding="utf-8", errors="replace") as f:
+            return f.read().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return None
+
+
+# Runs in its own session, outside the runner's process group: blocks until the runner closes its
+# stdin (it finished, or it died -- even by SIGKILL), then stops every process of the stage. No
+# imports from zephyr_lib, so it starts fast and works from any working directory.
+_WATCHDOG = r"""
+import os, signal, sys, time
+needle = b"%s=" + sys.argv[1].encode()
+try:
+    sys.stdin.buffer.read()
+except BaseException:
+    pass
+def marked():
+    pids = []
+    for d in os.listdir("/proc"):
+        if d.isdigit() and int(d) != os.getpid():
+            try:
+                with open("/proc/%%s/environ" %% d, "rb") as f:
+                    if needle in f.read().split(b"\0"):
+                        pids.append(int(d))
+            except OSError:
+                pass
+    return pids
+for sig, wait in ((signal.SIGTERM, float(sys.argv[2])), (signal.SIGKILL, 5.0)):
+    pids = marked()
+    if not pids:
+        break
+    for pid in pids:
+        try:
+            os.kill(pid, sig)
+        except OSError:
+            pass
+    end = time.time() + wait
+    while time.time() < end and marked():
+        time.sleep(0.1)
+""" % STAGE_TOKEN_ENV
+
+
+def start_watchdog(token: str, grace_s: float = STOP_GRACE_S) -> subprocess.Popen:
+    """A process that stops the stage's processes when this process closes its stdin or dies."""
+    env = {k: v for k, v in os.environ.items() if k != STAGE_TOKEN_ENV}
+    return subprocess.Popen([sys.executable, "-c", _WATCHDOG, token, str(grace_s)], stdin=subprocess.PIPE,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+                            env=env, cwd="/")
+
+
+def close_watchdog(dog: subprocess.Popen) -> None:
+    """Let the watchdog sweep (normally nothing is left) and exit; reap it in the background."""
+    try:
+        dog.stdin.close()
+    except OSError:
+        pass
+    threading.Thread(target=dog.wait, daemon=True).start()
+
+
+def _stop_lock_owner(lock_path: Path) -> None:
+    """If the builder recorded in the run's lock was started by this runner and still lives
+    (a process that escaped the token sweep), stop it: the lock must be free when we report."""
+    owner = lock_owner(lock_path)
+    if not owner or owner.get("runner_pid") != os.getpid() or not pid_alive(owner["pid"]):
+        return
+    try:
+        os.kill(owner["pid"], signal.SIGKILL)
+    except OSError:
+        return
+    deadline = time.time() + 10
+    while time.time() < deadline and pid_alive(owner["pid"]):
+        time.sleep(0.1)
+
+
+def _kept_message(profile: Profile, run_name: str) -> str:
+    """What an interrupted run left: the partial folder a rerun resumes from, or nothing."""
+    ctx = context(profile, run_name)
+    deadline = time.time() + 10
+    while ctx.lock_path.exists() and lock_held(ctx.lock_path) and time.time() < deadline:
+        time.sleep(0.2)
+    if ctx.lock_path.exists():
+        if lock_held(ctx.lock_path):
+            owner = lock_owner(ctx.lock_path) or {}
+            return (f"the run's lock {ctx.lock_path} is still held (by pid {owner.get('pid', '?')}); "
+                    "nothing else was touched")
+        ctx.lock_path.unlink(missing_ok=True)  # its owner is gone: release the run's lock
+    part = ctx.partial_dir
+    if not part.exists():
+        return f"nothing of run {run_name!r} was kept (it had not started building)"
+    try:
+        resumable = bool(read_json(part / BUILD_INFO)["resumable"])
+    except (OSError, DataError, KeyError, TypeError):
+        resumable = stage_resumes(ctx.run.stage)
+    if not resumable:
+        shutil.rmtree(part, ignore_errors=True)
+        return f"removed the unfinished {part} (stage {ctx.run.stage} starts over on a rerun)"
+    ckpts = sorted((p.name for p in (part / "checkpoints").glob("checkpoint-*")),
+                   key=lambda n: int(n.split("-")[1]) if n.split("-")[1].isdigit() else -1)
+    what = f" (checkpoints: {', '.join(ckpts)})" if ckpts else " (no checkpoint yet)"
+    return f"kept {part}{what}: the rerun resumes from it"
 
 
 def _failing_cell(nb_path: Path) -> str:
@@ -85,51 +262,211 @@ def _executed_hash(path: Path) -> str | None:
         return None
 
 
+class _Tee:
+    """Copy a child's output to its log file and keep the last lines in memory: when the disk is
+    full the log is cut short, but the stage's own error is still known."""
+
+    def __init__(self, stream, log: Path, keep: int = 400):
+        self.lines: deque[str] = deque(maxlen=keep)
+        self.log_error: OSError | None = None
+        self._stream, self._log = stream, log
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        try:
+            f = open(self._log, "a", encoding="utf-8", errors="replace")
+        except OSError as e:
+            f, self.log_error = None, e
+        try:
+            for line in self._stream:
+                self.lines.append(line.rstrip("\n"))
+                if f is not None:
+                    try:
+                        f.write(line)
+                        f.flush()
+                    except OSError as e:
+                        self.log_error = e
+                        try:
+                            f.close()
+                        except OSError:
+                            pass
+                        f = None
+        finally:
+            if f is not None:
+                try:
+                    f.close()
+                except OSError:
+                    pass
+
+    def tail(self, n: int = 12) -> str:
+        self.thread.join(timeout=10)
+        lines = [ln for ln in self.lines if ln.strip()]
+        return "\n".join("    " + ln for ln in lines[-n:])
+
+
+# OS errors that mean "the store (or the disk under it) cannot take this": shown as one line.
+_OS_ERROR_LINE = re.compile(r"(?:\w+Error): \[Errno (\d+)\] ([^:\n]+?)(?:: '([^'\n]+)')?\s*$")
+_STORE_ERRNOS = (errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EDQUOT, errno.EPERM)
+
+
+def _full_filesystem(paths: list[Path], below: int = 4 << 20) -> Path | None:
+    """The first of ``paths`` (or its nearest existing parent) on a file system with less than
+    ``below`` bytes free."""
+    for path in paths:
+        probe = Path(path)
+        while not probe.exists() and probe != probe.parent:
+            probe = probe.parent
+        try:
+            st = os.statvfs(probe)
+        except OSError:
+            continue
+        if st.f_bavail * st.f_frsize < below:
+            return Path(path)
+    return None
+
+
+def _store_os_error(text: str, places: list[Path] = ()) -> str | None:
+    """'cannot write PATH: REASON (hint)' for the first disk-full / read-only / permission error
+    in ``text`` (a traceback, a cell's error), else None. An error that names no path (a write
+    that ran out of space) is placed on the first of ``places`` whose disk is full."""
+    for line in text.splitlines():
+        if "StoreError: cannot " in line:  # the store already said it in one line
+            return line.split("StoreError: ", 1)[1].strip()
+        m = _OS_ERROR_LINE.search(line.strip())
+        if m and int(m.group(1)) in _STORE_ERRNOS:
+            path = m.group(3)
+            if path is None and int(m.group(1)) == errno.ENOSPC:
+                full = _full_filesystem(list(places))
+                path = str(full) if full else None
+            return os_error_line(OSError(int(m.group(1)), m.group(2), path))
+    return None
+
+
+def _keep_failed_notebook(out: Path, failed: Path) -> Path | None:
+    """Copy the executed notebook of a failed run to ``failed`` if it is a readable notebook
+    (never an empty or half-written file); a stale copy from an earlier failure is removed."""
+    failed.unlink(missing_ok=True)
+    try:
+        if not out.is_file() or out.stat().st_size == 0:
+            return None
+        nbformat.read(out, as_version=4)
+    except Exception:  # noqa: BLE001 - killed mid-write, or the disk filled up
+        return None
+    tmp = failed.with_suffix(".partial.ipynb")
+    try:
+        failed.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(out, tmp)
+        os.replace(tmp, failed)
+    except OSError:
+        tmp.unlink(missing_ok=True)
+        return None
+    return failed
+
+
+def _ignoring_signals():
+    """While the stage is being stopped, a second Ctrl-C must not cut the cleanup short."""
+    if threading.current_thread() is not threading.main_thread():
+        return {}
+    return {sig: signal.signal(sig, signal.SIG_IGN) for sig in (signal.SIGINT, signal.SIGTERM)}
+
+
 def execute_run(profile: Profile, run_name: str, overrides: dict, force: bool, timeout_s: float,
                 log_dir: Path) -> str:
-    """Execute one run's notebook; returns 'cached' or 'done'. Raises StageFailed."""
+    """Execute one run's notebook; returns 'cached' or 'done'. Raises StageFailed, StoreError
+    (the store could not be written: one line naming the path), or a KeyboardInterrupt after
+    stopping every process of the stage."""
     ctx = context(profile, run_name)
     dest = executed_path(profile, run_name)
-    if ctx.complete and not force and _executed_hash(dest) == ctx.hash:
-        return "cached"
+    if not force:
+        try:
+            if ctx.complete and _executed_hash(dest) == ctx.hash:
+                return "cached"
+        except CorruptRunError as e:
+            raise StageFailed(str(e)) from None
     nb_in = NOTEBOOKS / f"{STAGES[ctx.run.stage].notebook}.ipynb"
-    log_dir.mkdir(parents=True, exist_ok=True)
-    log = log_dir / f"{run_name}.log"
     params = {"profile": profile.name if profile.path.parent == REPO / "configs" else str(profile.path),
               "run": run_name, "overrides": overrides, "force": force}
-    with tempfile.TemporaryDirectory(prefix=f"zephyr-{run_name}-") as tmp:
-        out = Path(tmp) / nb_in.name
+    refuse_secret_names(params, f"run {run_name!r}: notebook parameter")  # before papermill writes it anywhere
+    log = log_dir / f"{run_name}.log"
+    failed = RUNS_DIR / profile.name / "failed" / f"{run_name}.ipynb"
+    with store_op():
+        log_dir.mkdir(parents=True, exist_ok=True)
+        log.write_text("")
+    with store_op("create a temporary folder in"):
+        tmp = Path(tempfile.mkdtemp(prefix=f"zephyr-{run_name}-"))
+    try:
+        out = tmp / nb_in.name
         cmd = [sys.executable, "-m", "papermill", str(nb_in), str(out), "-y", yaml.safe_dump(params),
                "-k", "python3", "--cwd", str(REPO), "--log-output", "--no-progress-bar"]
-        with open(log, "w") as logf:
-            proc = subprocess.Popen(cmd, cwd=REPO, stdout=logf, stderr=subprocess.STDOUT, start_new_session=True)
+        token = uuid.uuid4().hex
+        env = {**os.environ, STAGE_TOKEN_ENV: token, "ZEPHYR_RUNNER_PID": str(os.getpid())}
+        dog = start_watchdog(token)
+        try:
+            proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env,
+                                    start_new_session=True, text=True, errors="replace", bufsize=1)
+            tee = _Tee(proc.stdout, log)
             try:
                 rc = proc.wait(timeout=timeout_s)
             except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
+                stop_marked(token, grace_s=2.0)
                 proc.wait()
                 raise StageFailed(f"run {run_name!r} ({ctx.run.stage}) exceeded its time limit of "
                                   f"{timeout_s:.0f} s and was stopped; log: {log}") from None
+            except BaseException:  # Ctrl-C, SIGTERM: stop the whole stage, not just papermill
+                saved = _ignoring_signals()
+                try:
+                    stop_marked(token)
+                    proc.wait()
+                    _stop_lock_owner(ctx.lock_path)
+                finally:
+                    for sig, h in saved.items():
+                        signal.signal(sig, h)
+                raise
+        finally:
+            close_watchdog(dog)
         if rc != 0:
-            failed = RUNS_DIR / profile.name / "failed" / f"{run_name}.ipynb"
-            where = _failing_cell(out) if out.exists() else "before the first cell (see the log)"
-            if out.exists():
-                failed.parent.mkdir(parents=True, exist_ok=True)
-                shutil.copy(out, failed)
+            readable = out.is_file() and out.stat().st_size > 0
+            where = (_failing_cell(out) if readable
+                     else "an unknown cell (the executed notebook could not be written; see the log)")
+            kept = _keep_failed_notebook(out, failed)
+            tail = tee.tail()
+            cell_known = readable and not where.startswith("unknown")
+            places = [RUNS_DIR / profile.name, tmp, dest.parent]
+            disk = _store_os_error(where, places) if cell_known else _store_os_error(tail, places)
+            if disk:  # a full disk, a read-only store: one line naming the path
+                raise StageFailed(f"run {run_name!r} (stage {ctx.run.stage}) failed: {disk}; log: {log}")
+            shown = "" if kept and not where.startswith(("unknown", "an unknown")) else f"\n  last lines of the log:\n{tail}"
             raise StageFailed(f"run {run_name!r} (stage {ctx.run.stage}, notebook {nb_in.name}) failed in {where}\n"
-                              f"  log: {log}" + (f"\n  executed notebook with the error: {failed}" if out.exists() else ""))
-        _finish_notebook(out, run_name, ctx.hash)
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        tmp_dest = dest.with_suffix(".partial.ipynb")
-        shutil.copy(out, tmp_dest)
-        os.replace(tmp_dest, dest)
+                              f"  log: {log}" + (f"\n  executed notebook with the error: {kept}" if kept else "")
+                              + shown)
+        with store_op():
+            _finish_notebook(out, run_name, ctx.hash)
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            tmp_dest = dest.with_suffix(".partial.ipynb")
+            try:
+                shutil.copy(out, tmp_dest)
+                os.replace(tmp_dest, dest)
+            finally:
+                tmp_dest.unlink(missing_ok=True)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    failed.unlink(missing_ok=True)  # an earlier failure of this run is history now
     return "done"
+
+
+def _raise_interrupt(signum, frame):  # noqa: ARG001
+    raise StageInterrupted(signum)
 
 
 def run_pipeline(profile_name: str, stages: list[str] | None = None, sets: list[str] | None = None,
                  force: bool = False, timeout_s: float | None = None, echo=print) -> int:
-    """Validate everything first, then execute the plan in dependency order."""
+    """Validate everything first, then execute the plan in dependency order.
+
+    Returns 0, or 128 + the signal number when SIGINT/SIGTERM stopped it (after stopping the
+    stage's processes and saying what was kept). Raises StageFailed, StoreError, ConfigError."""
     profile = load_profile(profile_name, sets)  # raises ConfigError before any work
+    check_secret_free(profile)                  # *_api_key_env hold names, no value looks like a key
     overrides: dict[str, dict] = {}
     for text in sets or []:
         run, key, value = parse_override(text)
@@ -143,14 +480,35 @@ def run_pipeline(profile_name: str, stages: list[str] | None = None, sets: list[
         forced = set(profile.runs)
     timeout_s = timeout_s or DEFAULT_TIMEOUT_S.get(profile.name, 48 * 3600)
     log_dir = RUNS_DIR / profile.name / "logs"
+    completed = {r: context(profile, r).dir for r in profile.runs if (context(profile, r).dir / MANIFEST).is_file()}
+    with store_op("clean up in"):
+        clean_debris(profile.name, RUNS_DIR, log=lambda m: echo(m, flush=True), completed_runs=completed)
+    handlers = {}
+    if threading.current_thread() is threading.main_thread():
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            handlers[sig] = signal.signal(sig, _raise_interrupt)
     t_all = time.time()
-    for i, run in enumerate(plan, 1):
-        tag = f"[{i}/{len(plan)}] {run.name} ({run.stage} @ {profile.run_hash(run.name)})"
-        echo(f"{tag}: started", flush=True)
-        t0 = time.time()
-        mine = {**{f"{r}.{k}": v for r, kv in overrides.items() if r != run.name for k, v in kv.items()},
-                **overrides.get(run.name, {})}
-        state = execute_run(profile, run.name, mine, run.name in forced, timeout_s, log_dir)
-        echo(f"{tag}: {'cached' if state == 'cached' else f'done in {time.time() - t0:.1f} s'}", flush=True)
+    current = None
+    try:
+        for i, run in enumerate(plan, 1):
+            current = run.name
+            tag = f"[{i}/{len(plan)}] {run.name} ({run.stage} @ {profile.run_hash(run.name)})"
+            echo(f"{tag}: started", flush=True)
+            t0 = time.time()
+            mine = {**{f"{r}.{k}": v for r, kv in overrides.items() if r != run.name for k, v in kv.items()},
+                    **overrides.get(run.name, {})}
+            state = execute_run(profile, run.name, mine, run.name in forced, timeout_s, log_dir)
+            echo(f"{tag}: {'cached' if state == 'cached' else f'done in {time.time() - t0:.1f} s'}", flush=True)
+    except KeyboardInterrupt as e:
+        signum = getattr(e, "signum", signal.SIGINT)
+        for sig in handlers:  # a second Ctrl-C while reporting must not leave a traceback
+            signal.signal(sig, signal.SIG_IGN)
+        kept = _kept_message(profile, current) if current else "nothing had started"
+        echo(f"interrupted by {signal.Signals(signum).name}: stopped run {current!r} and every process it "
+             f"started; {kept}", flush=True)
+        return 128 + signum
+    finally:
+        for sig, h in handlers.items():
+            signal.signal(sig, h)
     echo(f"profile {profile.name}: {len(plan)} runs in {time.time() - t_all:.1f} s", flush=True)
     return 0

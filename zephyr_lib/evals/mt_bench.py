@@ -455,13 +455,27 @@ def extract_pair(messages: Sequence[Mapping]) -> dict:
 
 def parse_single_rating(text: str) -> float:
     """FastChat's rule: first ``[[x]]`` (re.search), else first ``[x]``, value via
-    ast.literal_eval; -1 when neither matches."""
+    ast.literal_eval; -1 when neither matches.
+
+    One reply costs at most one score, never the whole model's judgments: where FastChat's
+    ``ast.literal_eval`` would raise, an ASCII number the regex matched ("07", FastChat crashes on
+    the leading zero) is read as a float (7.0), and anything else (non-ASCII digits such as "٧",
+    which ``\\d`` matches) is -1, a parse failure that :func:`scores` counts in ``n_failed``."""
+    if not isinstance(text, str):
+        return -1.0
     match = re.search(ONE_SCORE_PATTERN, text)
     if not match:
         match = re.search(ONE_SCORE_PATTERN_BACKUP, text)
     if not match:
         return -1.0
-    return float(ast.literal_eval(match.groups()[0]))
+    raw = match.groups()[0]
+    try:
+        value = float(ast.literal_eval(raw))
+    except Exception:  # noqa: BLE001 - SyntaxError ("07", "٧"), OverflowError, ValueError (huge ints)
+        if not re.fullmatch(r"[0-9]+\.?[0-9]*", raw):
+            return -1.0
+        value = float(raw)
+    return value if math.isfinite(value) else -1.0
 
 
 def parse_pair_verdict(text: str) -> str:
