@@ -44,6 +44,7 @@ class AIFConfig(StageConfig):
     max_new_tokens: int = opt(96, "Generation length for model pool members.", ge=1)
     temperature: float = opt(0.7, "Sampling temperature for model pool members.", ge=0)
     judge: str = endpoint("toy", "Endpoint that rates the answers (the paper: GPT-4).")
+    judge_failure_budget: float = opt(0.0, "Share of judge requests allowed to fail (transport or unparsable) before the run counts as incomplete; 0 = any failure stops it (resumable: the cache keeps every answer). A budget above 0 is shown on the page.", ge=0, lt=1, hash_omit_default=True)
     templates: str = opt("", "Rating prompts: '' = the paraphrase the toy judge reads; a path or URL of UltraFeedback's preference_templates.py = the originals (read as text, never executed), with annotate_critique.py and main.py (the completion principles) taken from beside it.", hash_omit_default=True)
     seed: int = opt(0, "Seed for prompts and pool sampling.")
 
@@ -107,9 +108,11 @@ def _annotate(ctx, prompts: list[dict], out: Path) -> dict:
     # the toy world has no world knowledge to give the truthfulness judge; real rows carry theirs
     raw_rows, rate_stats = P.rate_ultrafeedback(judge, rows, world_knowledge=cfg.source != "toy",
                                                 templates=templates, desc="judge")
+    from ..judges import require_success
+    failures = require_success(judge.stats, cfg.judge_failure_budget, where=f"aif run {ctx.run.name!r}")
     extra = {"source": cfg.source, "n_prompts": len(prompts),
              "n_pool_failed_prompts": pool_stats["n_dropped"], "n_judge_failed_prompts": rate_stats["n_dropped"],
-             "judge": judge.backend.name, "judge_stats": judge.stats.as_dict()}
+             "judge": judge.backend.name, "judge_stats": judge.stats.as_dict(), "judge_failures": failures}
     return _binarize_and_save(cfg, raw_rows, out, extra)
 
 
