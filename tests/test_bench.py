@@ -58,6 +58,12 @@ def test_matmul_rate_is_a_positive_finite_rate():
     assert math.isfinite(rate) and rate > 0
 
 
+def test_a_measurement_in_its_own_process_reports_a_clear_error(tmp_path):
+    (tmp_path / "inputs").mkdir()
+    with pytest.raises(RuntimeError, match="measurement 'sft_ours' failed"):
+        bench.in_child("sft_ours", profile="smoke", sizes=TINY, inputs=tmp_path / "inputs", out=tmp_path / "out")
+
+
 def test_bench_repeats_must_be_positive(tmp_path):
     with pytest.raises(ValueError, match="--repeats"):
         bench.run_bench("smoke", repeats=0, out=tmp_path / "b.json", sizes=TINY, rerun=False)
@@ -66,7 +72,7 @@ def test_bench_repeats_must_be_positive(tmp_path):
 @pytest.mark.slow
 def test_tiny_bench_runs_end_to_end_and_writes_json_table_and_page(tmp_path, capsys):
     out = tmp_path / "bench.json"
-    res = bench.run_bench("smoke", repeats=1, out=out, sizes=TINY, rerun=False, work=tmp_path / "work")
+    res = bench.run_bench("smoke", repeats=1, out=out, sizes=TINY, rerun=False, work=tmp_path / "work", isolate=False)
     data = json.loads(out.read_text())
     assert data == json.loads(json.dumps(res))
     assert set(data) >= {"profile", "repeats", "sizes", "machine", "sft", "dpo", "generate", "pretrain", "rerun",

@@ -197,7 +197,18 @@ def build_inputs(cfgs: dict, sizes: BenchSizes, work: Path) -> dict:
     feedback.save_binarized(feedback.to_dataset_dict(pairs, test_size=sizes.dpo_test, seed=0), work / "dpo_data")
     prompts = [[{"role": "user", "content": t.turns[0]}]
                for t in world.tasks(sizes.n_generate, seed=3, followups=0, prefix="bench-gen")]
-    return {"tok": tok, "blocks": blocks, "prompts": prompts, "init": work / "init",
+    write_json(work / "blocks.json", blocks)
+    write_json(work / "prompts.json", prompts)
+    return load_inputs(work)
+
+
+def load_inputs(work: Path) -> dict:
+    """The inputs :func:`build_inputs` wrote to `work`, for a measurement process."""
+    from transformers import AutoTokenizer
+
+    work = Path(work)
+    return {"tok": AutoTokenizer.from_pretrained(work / "init"), "blocks": read_json(work / "blocks.json"),
+            "prompts": read_json(work / "prompts.json"), "init": work / "init",
             "sft_data": work / "sft_data", "dpo_data": work / "dpo_data"}
 
 
@@ -373,6 +384,58 @@ def bench_rerun(profile: str) -> dict:
             "runs_executed": sorted(parsed["executed"]), "training_steps": steps, "judge_calls": calls}
 
 
+# ---- one measurement in its own process ----------------------------------------------------
+
+MEASUREMENTS = ("pretrain", "sft_ours", "sft_trl", "dpo_ours", "dpo_trl", "generate")
+
+
+def measure(kind: str, profile: str, sizes: BenchSizes, inputs_dir: Path, out: Path, rate: float = 0.0,
+            model: Path | None = None) -> dict:
+    """Run one measurement (in this process) and return its result."""
+    from . import modeling
+
+    modeling.set_threads()
+    cfgs, inputs = configs(profile, sizes), load_inputs(inputs_dir)
+    if kind == "pretrain":
+        return bench_pretrain(cfgs, inputs, rate, out)
+    if kind == "generate":
+        return bench_generate(Path(model), inputs["prompts"], cfgs["max_new_tokens"], cfgs["gen_batch_size"])
+    fns = {"sft_ours": bench_sft_ours, "sft_trl": bench_sft_trl, "dpo_ours": bench_dpo_ours, "dpo_trl": bench_dpo_trl}
+    if kind not in fns:
+        raise ValueError(f"bench: unknown measurement {kind!r}; expected one of {MEASUREMENTS}")
+    return fns[kind](cfgs, inputs, out)
+
+
+def in_child(kind: str, *, profile: str, sizes: BenchSizes, inputs: Path, out: Path, rate: float = 0.0,
+             model: Path | None = None, isolate: bool = True) -> dict:
+    """:func:`measure` in a fresh Python process (its output goes to ``out/bench.log``); with
+    ``isolate=False`` in this process (the test suite's tiny bench: no process start-up cost)."""
+    from .config import REPO
+
+    if not isolate:
+        return measure(kind, profile, sizes, inputs, out, rate, model)
+    out.mkdir(parents=True, exist_ok=True)
+    spec = {"kind": kind, "profile": profile, "sizes": dataclasses.asdict(sizes), "inputs": str(inputs),
+            "out": str(out), "rate": rate, "model": str(model) if model else None}
+    write_json(out / "spec.json", spec)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), *filter(None, [os.environ.get("PYTHONPATH")])])}
+    with open(out / "bench.log", "w") as log:
+        rc = subprocess.run([sys.executable, "-m", "zephyr_lib.bench", str(out / "spec.json")], stdout=log,
+                            stderr=subprocess.STDOUT, env=env, cwd=str(REPO)).returncode
+    if rc != 0 or not (out / "result.json").is_file():
+        tail = (out / "bench.log").read_text(errors="replace")[-2000:]
+        raise RuntimeError(f"bench: measurement {kind!r} failed (exit code {rc}); log {out / 'bench.log'}:\n{tail}")
+    return read_json(out / "result.json")
+
+
+def _child_main(spec_path: str) -> int:
+    spec = read_json(spec_path)
+    res = measure(spec["kind"], spec["profile"], BenchSizes(**spec["sizes"]), Path(spec["inputs"]), Path(spec["out"]),
+                  spec["rate"], Path(spec["model"]) if spec["model"] else None)
+    write_json(Path(spec["out"]) / "result.json", res)
+    return 0
+
+
 # ---- one run ------------------------------------------------------------------------------
 
 def _median(rows: list[dict], key: str) -> float:
@@ -380,8 +443,9 @@ def _median(rows: list[dict], key: str) -> float:
 
 
 def run_bench(profile: str = "toy", repeats: int = 3, out: str | Path = "bench.json", sizes: BenchSizes | None = None,
-              rerun: bool = True, work: str | Path | None = None, echo=print) -> dict:
-    """Run every measurement `repeats` times; write `out` (JSON) atomically; return the result."""
+              rerun: bool = True, work: str | Path | None = None, isolate: bool = True, echo=print) -> dict:
+    """Run every measurement `repeats` times; write `out` (JSON) atomically; return the result.
+    Each measurement runs in a fresh process unless ``isolate=False`` (tests)."""
     import torch
     import transformers
     import trl
@@ -404,14 +468,14 @@ def run_bench(profile: str = "toy", repeats: int = 3, out: str | Path = "bench.j
         for i in range(repeats):
             r = root / f"rep{i}"
             echo(f"bench: repeat {i + 1}/{repeats}")
-            reps["pretrain"].append(bench_pretrain(cfgs, inputs, rate, r / "pretrain"))
-            # Alternate which side goes first: the second run in a process finds warm caches
-            # (allocator, oneDNN kernels for the shapes seen), which must not favour one side.
-            for stage, fns in (("sft", (bench_sft_ours, bench_sft_trl)), ("dpo", (bench_dpo_ours, bench_dpo_trl))):
-                for side, fn in (zip(("ours", "trl"), fns) if i % 2 == 0 else zip(("trl", "ours"), fns[::-1])):
-                    reps[f"{stage}_{side}"].append(fn(cfgs, inputs, r / f"{stage}_{side}"))
-            reps["generate"].append(bench_generate(r / "sft_ours" / "model", inputs["prompts"],
-                                                   cfgs["max_new_tokens"], cfgs["gen_batch_size"]))
+            child = dict(profile=profile, sizes=sizes, inputs=root / "inputs", isolate=isolate)
+            reps["pretrain"].append(in_child("pretrain", out=r / "pretrain", rate=rate, **child))
+            # Alternate which side goes first (the machine's load drifts), each in a fresh process
+            # as the stages run (a second run in the same process finds warm kernel caches).
+            for stage in ("sft", "dpo"):
+                for side in (("ours", "trl") if i % 2 == 0 else ("trl", "ours")):
+                    reps[f"{stage}_{side}"].append(in_child(f"{stage}_{side}", out=r / f"{stage}_{side}", **child))
+            reps["generate"].append(in_child("generate", out=r / "generate", model=r / "sft_ours" / "model", **child))
         result = summarize(profile, repeats, sizes, cfgs, inputs, reps, rate)
         result["machine"].update({"torch": torch.__version__, "transformers": transformers.__version__,
                                   "trl": trl.__version__})
@@ -572,3 +636,7 @@ def write_performance_page(bench_json: str | Path, out_dir: str | Path) -> Path:
     atomic_write_bytes(out_dir / GENERATED_PNG, ratio_chart_png(result))
     lines += ["", f"![Speed ratios against their targets]({GENERATED_PNG})", ""]
     return atomic_write_text(out_dir / GENERATED_PAGE, "\n".join(lines))
+
+
+if __name__ == "__main__":  # the measurement processes of run_bench: python -m zephyr_lib.bench <spec.json>
+    sys.exit(_child_main(sys.argv[1]))
