@@ -46,7 +46,11 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if a.cmd == "bench":
             from .bench import run_bench
-            run_bench(a.profile, a.repeats, a.out, rerun=not a.no_rerun)
+            try:
+                run_bench(a.profile, a.repeats, a.out, rerun=not a.no_rerun)
+            except ValueError as e:
+                print(f"error: {e}", file=sys.stderr)
+                return 2
             return 0
         if a.cmd == "book":
             from .book import prepare
