@@ -17,7 +17,9 @@ What it measures (each repeat runs everything; the report keeps the median of th
   training loop's time), and the final test reward accuracy of both.
 * **generation**: the shared batched helper (``generate.chat_generate``, as
   ``ModelAgent.respond_many`` calls it) against a per-prompt ``model.generate`` loop, greedy, on
-  the same prompts; the speed ratio and every prompt whose text differs.
+  the same prompts, with the briefly pretrained base model (it has not learned to stop, so every
+  answer decodes up to ``max_new_tokens``: the comparison measures decoding); one warm-up call
+  first. The speed ratio and every prompt whose text differs.
 * **base pretraining**: ``modeling.pretrain`` tokens/s, and model FLOP/s as a fraction of this
   machine's fp32 matmul rate measured in the same run (:func:`matmul_rate`). Model FLOPs per
   trained token = 6·N + 12·L·d·T (PaLM, appendix B: N parameters, tied embeddings counted once
@@ -327,6 +329,7 @@ def bench_generate(model_dir: Path, prompts, max_new_tokens: int, batch_size: in
     from .generate import ModelAgent
 
     agent = ModelAgent(model_dir, name="bench", batch_size=batch_size)
+    generate_loop(agent.model, agent.tokenizer, prompts[:1], 2)  # warm-up: neither side pays first-call costs
     t0 = time.perf_counter()
     batched = agent.respond_many(prompts, max_new_tokens=max_new_tokens, desc=False)
     t_batched = time.perf_counter() - t0
@@ -335,7 +338,9 @@ def bench_generate(model_dir: Path, prompts, max_new_tokens: int, batch_size: in
     t_loop = time.perf_counter() - t0
     mismatches = [{"prompt": p[-1]["content"], "batched": a, "loop": b}
                   for p, a, b in zip(prompts, batched, looped) if a != b]
+    n_tokens = [len(agent.tokenizer(t, add_special_tokens=False)["input_ids"]) for t in looped]
     return {"n_prompts": len(prompts), "max_new_tokens": max_new_tokens, "batch_size": batch_size,
+            "mean_answer_tokens": sum(n_tokens) / len(n_tokens),
             "batched_s": t_batched, "loop_s": t_loop, "ratio": t_loop / t_batched,
             "n_identical": len(prompts) - len(mismatches), "mismatches": mismatches}
 
@@ -475,7 +480,9 @@ def run_bench(profile: str = "toy", repeats: int = 3, out: str | Path = "bench.j
             for stage in ("sft", "dpo"):
                 for side in (("ours", "trl") if i % 2 == 0 else ("trl", "ours")):
                     reps[f"{stage}_{side}"].append(in_child(f"{stage}_{side}", out=r / f"{stage}_{side}", **child))
-            reps["generate"].append(in_child("generate", out=r / "generate", model=r / "sft_ours" / "model", **child))
+            # The pretrained base model: it answers until max_new_tokens (it has not learned to stop), so
+            # the comparison measures decoding, not a model that stops after a token or two.
+            reps["generate"].append(in_child("generate", out=r / "generate", model=root / "inputs" / "init", **child))
         result = summarize(profile, repeats, sizes, cfgs, inputs, reps, rate)
         result["machine"].update({"torch": torch.__version__, "transformers": transformers.__version__,
                                   "trl": trl.__version__})
@@ -516,6 +523,7 @@ def summarize(profile, repeats, sizes, cfgs, inputs, reps, rate) -> dict:
     gen = {"batched_s": _median(gen_rows, "batched_s"), "loop_s": _median(gen_rows, "loop_s"),
            "ratio": _median(gen_rows, "ratio"), "n_prompts": gen_rows[0]["n_prompts"],
            "max_new_tokens": gen_rows[0]["max_new_tokens"], "batch_size": gen_rows[0]["batch_size"],
+           "mean_answer_tokens": _median(gen_rows, "mean_answer_tokens"),
            "identical": all(not r["mismatches"] for r in gen_rows),
            "n_identical_min": min(r["n_identical"] for r in gen_rows), "repeats": gen_rows}
     pre = {k: _median(pre_rows, k) for k in ("tokens_per_s", "model_flops_per_s", "fraction_of_matmul", "train_s")}
