@@ -3,9 +3,9 @@
 The stage maps the profile's :class:`~zephyr_lib.config.SFTConfig` onto ``trl.SFTConfig``
 (:func:`trl_args`; the paper profile resolves to the paper's values) and wraps ``SFTTrainer``.
 Loss on assistant tokens only (the chat template's ``{% generation %}`` markers, eos inside) or
-packing (the paper's setting, which trains on every token) is selectable. Batches are grouped by
-length (``group_by_length``, default on): far less padding on CPU, same data and steps, a
-different order of examples within an epoch. Checkpoints go to
+packing (the paper's setting, which trains on every token) is selectable. Batches can be grouped by
+length (``group_by_length``, off by default): far less padding on CPU, same data and steps, but
+the order of examples within an epoch becomes longest-to-shortest per mega-batch. Checkpoints go to
 ``<run>/checkpoints``; a killed run resumes from the newest complete one when re-run.
 
 Run it through the runner (``python -m zephyr_lib run --profile toy --stages sft``) or open
@@ -51,11 +51,13 @@ def trl_args(cfg: SFTConfig, output_dir: str | Path, use_cpu: bool | None = None
         seed=cfg.seed,
         data_seed=cfg.seed,
         dataloader_num_workers=0,
-        # Batches of similar length (transformers' LengthGroupedSampler: random mega-batches of
-        # 50 batches, each sorted by length) instead of uniformly random ones: on the toy data a
-        # random batch of 16 is ~75% padding, a grouped one ~2%. Same examples per epoch, same
-        # steps and loss; only the order within an epoch changes. See bench.py for the measurement.
-        train_sampling_strategy="group_by_length" if getattr(cfg, "group_by_length", True) else "random",
+        # Optional: batches of similar length (transformers' LengthGroupedSampler: random
+        # mega-batches of 50 batches, each sorted by length, longest first) instead of uniformly
+        # random ones. On the toy data a random batch of 16 is ~75% padding, a grouped one ~2%;
+        # same examples per epoch, same steps and loss. Off by default: inside a mega-batch the
+        # order is longest-to-shortest, a curriculum that measurably changes what a tiny model
+        # learns (tests/test_sft.py). See bench.py for the speed measurement.
+        train_sampling_strategy="group_by_length" if getattr(cfg, "group_by_length", False) else "random",
     )
 
 
