@@ -10,7 +10,7 @@ export PIP_DISABLE_PIP_VERSION_CHECK := 1
 export TOKENIZERS_PARALLELISM := false
 export HF_HUB_DISABLE_TELEMETRY := 1
 
-.PHONY: setup book pipeline build-book test test-fast lab clean
+.PHONY: setup book pipeline build-book test test-fast lab bench clean
 
 setup: $(STAMP)
 
@@ -39,6 +39,10 @@ test: setup
 
 test-fast: setup
 	$(PY) -m pytest -q -m "not slow"
+
+# Speed, side by side with the TRL defaults (writes bench.json; the book's Performance page shows it).
+bench: setup
+	flock /tmp/zephyr-cpu.lock $(PY) -m zephyr_lib bench --profile $(PROFILE) --repeats 3 --out bench.json
 
 lab: setup
 	$(VENV)/bin/jupyter lab --notebook-dir=. --allow-root notebooks/

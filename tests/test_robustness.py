@@ -58,7 +58,7 @@ def test_sharded_and_adapter_checkpoints_count_as_complete(tmp_path):
 def test_a_half_written_trainer_state_never_breaks_a_training_rerun(tmp_path, tiny_base, tiny_chat_data):
     """Kill-during-save, simulated: the newest checkpoint's trainer_state.json is cut in half."""
     from zephyr_lib import sft
-    from zephyr_lib.config import SFTConfig
+    from zephyr_lib.stages.sft import SFTConfig
 
     cfg = SFTConfig(num_train_epochs=1, per_device_train_batch_size=16, max_length=64, save_steps=4,
                     eval_steps=1000, logging_steps=2, learning_rate=1e-3, max_train_samples=96)

@@ -108,3 +108,43 @@ def test_a_paper_scale_base_run_points_at_hub_weights_and_keeps_its_own_tokenize
     assert modeling.weights_source(folder) == (str(tiny_base), {})
     model, tok = modeling.load_model(folder)
     assert model.config.hidden_size == 64 and tok.chat_template == modeling.CHAT_TEMPLATE
+
+
+class _Grouping:
+    """A stage config with the ``group_by_length`` field set (the field the stage configs carry)."""
+
+    def __init__(self, cfg, on: bool):
+        self._cfg = cfg
+        self.group_by_length = on
+
+    def __getattr__(self, name):
+        return getattr(self._cfg, name)
+
+
+def test_batches_grouped_by_length_cover_the_epoch_with_far_less_padding(tiny_base, tiny_chat_data, tmp_path):
+    """group_by_length (off by default) changes only the order within an epoch: every example
+    once, the same number of batches, and much less padding than uniformly random batches."""
+    from transformers import AutoModelForCausalLM
+    from transformers.trainer_pt_utils import LengthGroupedSampler
+    from trl import SFTTrainer
+
+    tok = AutoTokenizer.from_pretrained(tiny_base)
+    train, test = sft.load_sft_data(tiny_chat_data)
+    stats = {}
+    assert sft.trl_args(_cfg(), tmp_path / "default").train_sampling_strategy == "random"
+    for name, cfg in (("grouped", _Grouping(_cfg(), True)), ("random", _Grouping(_cfg(), False))):
+        trainer = SFTTrainer(model=AutoModelForCausalLM.from_pretrained(tiny_base), args=sft.trl_args(cfg, tmp_path / name),
+                             train_dataset=train, eval_dataset=test, processing_class=tok)
+        sampler = trainer._get_train_sampler()
+        order = list(iter(sampler))
+        assert sorted(order) == list(range(len(trainer.train_dataset)))  # each example exactly once per epoch
+        assert isinstance(sampler, LengthGroupedSampler) == (name == "grouped")
+        real = padded = n_batches = 0
+        for batch in trainer.get_train_dataloader():
+            real += int(batch["attention_mask"].sum())
+            padded += batch["attention_mask"].numel()
+            n_batches += 1
+        stats[name] = (n_batches, real, padded)
+    assert stats["grouped"][:2] == stats["random"][:2]  # same batches count, same real tokens
+    waste = {k: 1 - real / padded for k, (_, real, padded) in stats.items()}
+    assert waste["grouped"] < 0.1 < waste["random"], waste

@@ -7,6 +7,7 @@
     zephyr verify --profile toy [--run sft]     # check stored runs' files against their manifests
     zephyr book --profile toy                   # check the book's pages, write provenance
     zephyr describe sft                         # a stage's config keys, types, defaults
+    zephyr bench --profile toy [--repeats 3] [--out bench.json]  # speed, side by side with TRL defaults
 """
 from __future__ import annotations
 
@@ -44,10 +45,23 @@ def main(argv: list[str] | None = None) -> int:
     b.add_argument("--profile", default="toy")
     d = sub.add_parser("describe", help="a stage's config keys")
     d.add_argument("stage", choices=[*STAGES, "world", "endpoint"])
+    k = sub.add_parser("bench", help="speed of training and generation, side by side with TRL defaults")
+    k.add_argument("--profile", default="toy", help="model sizes and configs of configs/<profile>.yaml (default: toy)")
+    k.add_argument("--repeats", type=int, default=3, help="repeats; the report keeps the median (default: 3)")
+    k.add_argument("--out", default="bench.json", help="where to write the results (default: bench.json)")
+    k.add_argument("--no-rerun", action="store_true", help="skip the unchanged-rerun measurement")
     a = p.parse_args(argv)
     try:
         if a.cmd == "describe":
             print(describe(a.stage))
+            return 0
+        if a.cmd == "bench":
+            from .bench import run_bench
+            try:
+                run_bench(a.profile, a.repeats, a.out, rerun=not a.no_rerun)
+            except ValueError as e:
+                print(f"error: {e}", file=sys.stderr)
+                return 2
             return 0
         if a.cmd == "book":
             from .book import prepare

@@ -148,8 +148,10 @@ def pack_blocks(tokenizer, docs: list[str], seq_len: int) -> list[list[int]]:
     return [ids[i: i + seq_len] for i in range(0, len(ids) - seq_len + 1, seq_len)]
 
 
-def pretrain(model, tokenizer, train_blocks, eval_blocks, cfg, out_dir: Path, log=print) -> dict:
-    """Causal-LM pretraining with transformers' Trainer (checkpoints in out_dir/checkpoints)."""
+def pretrain(model, tokenizer, train_blocks, eval_blocks, cfg, out_dir: Path, log=print,
+             callbacks: list | None = None) -> dict:
+    """Causal-LM pretraining with transformers' Trainer (checkpoints in out_dir/checkpoints).
+    ``callbacks`` are extra TrainerCallbacks (the bench times the training loop with one)."""
     from datasets import Dataset
     from transformers import Trainer, TrainingArguments, default_data_collator
 
@@ -167,7 +169,7 @@ def pretrain(model, tokenizer, train_blocks, eval_blocks, cfg, out_dir: Path, lo
         seed=cfg.seed, data_seed=cfg.seed, dataloader_num_workers=0, disable_tqdm=False,
     )
     trainer = Trainer(model=model, args=args, train_dataset=ds(train_blocks), eval_dataset=ds(eval_blocks),
-                      data_collator=default_data_collator)
+                      data_collator=default_data_collator, callbacks=callbacks)
     trainer.train(resume_from_checkpoint=last_checkpoint(out_dir / "checkpoints"))
     final = trainer.evaluate()
     return {"log_history": trainer.state.log_history, "eval_loss": final["eval_loss"],

@@ -24,6 +24,9 @@ class SFTConfig(TrainingConfig):
     lr_scheduler_type: str = opt("cosine", "Schedule shape (paper: cosine).", choices=SCHEDULES)
     num_train_epochs: float = opt(1.0, "Epochs (paper tried 1–3, final 1).", gt=0)
     packing: bool = opt(False, "Pack examples into blocks (paper) instead of padding; packing trains on all tokens.")
+    packing_strategy: str = opt("wrapped", "TRL packing: 'wrapped' (TRL 0.7's, the paper's: concatenate and cut into max_length blocks, no token lost) or 'bfd' (best-fit; truncates examples longer than a block).",
+                                choices=("wrapped", "bfd"), hash_omit_default=True)
+    group_by_length: bool = opt(False, "Batches of similar length (less padding on CPU; same examples and steps, but the order within an epoch changes, which changes what a tiny model learns: see the Performance page).", hash_omit_default=True)
     assistant_only_loss: bool = opt(True, "Loss on assistant tokens only (ignored when packing).")
     weight_decay: float = opt(0.0, "AdamW weight decay (paper: none).", ge=0)
     max_train_samples: int = opt(0, "Use at most this many training dialogues (0 = all).", ge=0)
