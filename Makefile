@@ -42,7 +42,7 @@ test-fast: setup
 
 # Speed, side by side with the TRL defaults (writes bench.json; the book's Performance page shows it).
 bench: setup
-	flock /tmp/zephyr-cpu.lock $(PY) -m zephyr_lib bench --profile $(PROFILE) --repeats 3 --out bench.json
+	$(PY) -m zephyr_lib bench --profile $(PROFILE) --repeats 3 --out bench.json
 
 lab: setup
 	$(VENV)/bin/jupyter lab --notebook-dir=. --allow-root notebooks/

@@ -37,7 +37,7 @@ measurement takes seconds (:data:`SIZES`), the step counts are equal on both sid
 
 Run it (timings are noisy on a shared machine; serialize heavy jobs)::
 
-    flock /tmp/zephyr-cpu.lock python -m zephyr_lib bench --profile toy --repeats 3 --out bench.json
+    python -m zephyr_lib bench --profile toy --repeats 3 --out bench.json
     make bench
 
 It prints a table, writes ``bench.json`` atomically, and :func:`write_performance_page` renders
@@ -621,7 +621,7 @@ def write_performance_page(bench_json: str | Path, out_dir: str | Path) -> Path:
     out_dir, bench_json = Path(out_dir), Path(bench_json)
     if not bench_json.is_file():
         text = (f"No benchmark has run for this build (no `{bench_json.name}` found). Run one with\n\n"
-                "```\nflock /tmp/zephyr-cpu.lock python -m zephyr_lib bench --profile toy --repeats 3 --out bench.json\n"
+                "```\npython -m zephyr_lib bench --profile toy --repeats 3 --out bench.json\n"
                 "```\n\n(or `make bench`), then rebuild the book.\n")
         (out_dir / GENERATED_PNG).unlink(missing_ok=True)
         return atomic_write_text(out_dir / GENERATED_PAGE, text)

@@ -71,5 +71,7 @@ def prepare(profile_name: str) -> list[str]:
                             f"python -m zephyr_lib run --profile {profile.name}")
     GENERATED.mkdir(parents=True, exist_ok=True)
     atomic_write_text(GENERATED / "provenance.md", provenance_markdown(profile))
+    from .bench import write_performance_page
+    write_performance_page(REPO / "bench.json", GENERATED)  # `make bench` writes bench.json; else the page says so
     atomic_write_text(GENERATED / "profile.json", json.dumps({"profile": profile.name}) + "\n")
     return problems
