@@ -209,6 +209,8 @@ def test_train_two_epochs(assets):
     assert acc[0] == 0.0  # step 1: policy = reference, every reward is 0
     assert max(acc[-4:]) > 0.5 and res["eval_rewards/accuracies"] > 0.5
     assert res["eval_rewards/margins"] > 0
+    finals = [e for e in log if "eval_loss" in e and e["step"] == res["steps"]]
+    assert len(finals) == 1 and finals[0]["eval_rewards/accuracies"] == res["eval_rewards/accuracies"]  # evaluated once
     # epoch-2 is the final model
     w2 = AutoModelForCausalLM.from_pretrained(out / "epoch-2").state_dict()
     wf = AutoModelForCausalLM.from_pretrained(out / "model").state_dict()

@@ -64,7 +64,7 @@ from transformers import TrainerCallback
 from .stages.dpo import DPOConfig
 from .io import DataError
 from .modeling import last_checkpoint, weights_source
-from .sft import lora_setup, save_final
+from .sft import final_eval, lora_setup, save_final
 
 ROLES = ("system", "user", "assistant")
 
@@ -391,7 +391,7 @@ def train(cfg: DPOConfig, init: Path | str, data: Path | str, out: Path, *, call
                          **({"peft_config": peft_config} if peft_config is not None else {}))
     saver.trainer = trainer
     trainer.train(resume_from_checkpoint=last_checkpoint(out / "checkpoints"))
-    final = trainer.evaluate()
+    final = final_eval(trainer)  # the Trainer's own evaluation after the last step, not a second one
     save_final(trainer, cfg, tok, init, out)
     if args.world_size > 1:
         trainer.accelerator.wait_for_everyone()

@@ -121,6 +121,18 @@ def save_final(trainer, cfg, tok, init, out: Path) -> None:
     trainer.accelerator.wait_for_everyone()
 
 
+def final_eval(trainer) -> dict:
+    """The final evaluation metrics. With a step-based eval strategy the Trainer already evaluates
+    after the last step; that result (same weights, same test set) is reused instead of running
+    the whole evaluation a second time. Otherwise ``trainer.evaluate()``."""
+    for entry in reversed(trainer.state.log_history):
+        if "eval_loss" in entry:
+            if entry.get("step") == trainer.state.global_step:
+                return {k: v for k, v in entry.items() if k.startswith("eval_")}
+            break
+    return trainer.evaluate()
+
+
 def load_sft_data(path: Path, max_train_samples: int = 0):
     """train_sft / test_sft (``messages`` only) from a DatasetDict saved by curate or aif."""
     from datasets import load_from_disk
@@ -157,7 +169,7 @@ def train(cfg: SFTConfig, init: Path, data: Path, out: Path, callbacks: list | N
                          eval_dataset=test_ds, processing_class=tok, callbacks=callbacks,
                          **({"peft_config": peft_config} if peft_config is not None else {}))
     trainer.train(resume_from_checkpoint=last_checkpoint(out / "checkpoints"))
-    final = trainer.evaluate()
+    final = final_eval(trainer)
     save_final(trainer, cfg, tok, init, out)
     return {"log_history": trainer.state.log_history, "eval_loss": final["eval_loss"],
             "steps": trainer.state.global_step, "n_train": len(train_ds), "n_test": len(test_ds),
