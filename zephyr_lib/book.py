@@ -14,7 +14,7 @@ from pathlib import Path
 
 from .config import REPO, load_profile
 from .io import atomic_write_text
-from .runner import BOOK_STAGES, _executed_hash, executed_path
+from .runner import BOOK_STAGES, _executed_hash, executed_path, notebook_hash
 from .store import context
 
 GENERATED = BOOK_STAGES.parent / "generated"  # book/generated (follows ZEPHYR_BOOK_STAGES)
@@ -69,6 +69,9 @@ def prepare(profile_name: str) -> list[str]:
         if _executed_hash(path) != want:
             problems.append(f"{path} is missing or from another run (want {stage} @ {want}): "
                             f"python -m zephyr_lib run --profile {profile.name}")
+        elif _executed_hash(path, "notebook") != notebook_hash(stage):
+            problems.append(f"{path} was executed from an older notebooks/{path.name}: "
+                            f"python -m zephyr_lib run --profile {profile.name} (re-renders the page, reuses the run)")
     GENERATED.mkdir(parents=True, exist_ok=True)
     atomic_write_text(GENERATED / "provenance.md", provenance_markdown(profile))
     from .bench import write_performance_page

@@ -26,8 +26,14 @@ def open_stage(stage: str, profile: str = "toy", run: str | None = None, overrid
     if not ctx.complete:
         with ctx.build(resumable=STAGES[stage].resumable) as out:
             STAGES[stage].build(ctx, out)
-    print(f"run {ctx.run.name} ({ctx.run.stage} @ {ctx.hash}), profile {ctx.profile.name}: {relative(ctx.dir)}")
     return ctx
+
+
+def show_run(ctx) -> None:
+    """One line on the page: which run it shows (the book hides the build cell and its logs)."""
+    from IPython.display import Markdown, display
+    display(Markdown(f"*This page shows run `{ctx.run.name}` (stage `{ctx.run.stage}`, config `{ctx.hash}`) of the "
+                     f"`{ctx.profile.name}` profile, stored in `{relative(ctx.dir)}`.*"))
 
 
 def relative(path: str | os.PathLike) -> str:

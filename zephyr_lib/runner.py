@@ -235,14 +235,21 @@ def _failing_cell(nb_path: Path) -> str:
     return "unknown cell (no error output recorded; see the log)"
 
 
-def _finish_notebook(path: Path, run_name: str, run_hash: str) -> None:
-    """Hide the parameter cells' input in the book and record which run the page shows."""
+def notebook_hash(stage: str) -> str:
+    """A stage notebook's source, hashed: an executed page is current only for the run it shows AND
+    the notebook it was executed from (a changed page re-renders; the run itself stays cached)."""
+    import hashlib
+    return hashlib.sha256((NOTEBOOKS / f"{STAGES[stage].notebook}.ipynb").read_bytes()).hexdigest()[:12]
+
+
+def _finish_notebook(path: Path, run_name: str, run_hash: str, page: str = "") -> None:
+    """Hide the parameter cells' input in the book and record which run (and notebook) the page shows."""
     nb = nbformat.read(path, as_version=4)
     for cell in nb.cells:
         tags = cell.get("metadata", {}).get("tags", [])
         if "injected-parameters" in tags or "parameters" in tags:
             cell.metadata["tags"] = sorted(set(tags) | {"remove-input"})
-    nb.metadata["zephyr"] = {"run": run_name, "hash": run_hash}
+    nb.metadata["zephyr"] = {"run": run_name, "hash": run_hash, "notebook": page}
     tmp = path.with_suffix(".tmp.ipynb")
     nbformat.write(nb, tmp)
     os.replace(tmp, path)
@@ -255,9 +262,10 @@ def executed_path(profile: Profile, run_name: str) -> Path:
     return RUNS_DIR / profile.name / "executed" / f"{run_name}.ipynb"
 
 
-def _executed_hash(path: Path) -> str | None:
+def _executed_hash(path: Path, key: str = "hash") -> str | None:
+    """What an executed page records: the run's config hash (``key="hash"``) or its notebook's (``"notebook"``)."""
     try:
-        return json.loads(path.read_text())["metadata"]["zephyr"]["hash"]
+        return json.loads(path.read_text())["metadata"]["zephyr"][key]
     except (OSError, KeyError, ValueError):
         return None
 
@@ -380,7 +388,8 @@ def execute_run(profile: Profile, run_name: str, overrides: dict, force: bool, t
     dest = executed_path(profile, run_name)
     if not force:
         try:
-            if ctx.complete and _executed_hash(dest) == ctx.hash:
+            if ctx.complete and _executed_hash(dest) == ctx.hash \
+                    and _executed_hash(dest, "notebook") == notebook_hash(ctx.run.stage):
                 return "cached"
         except CorruptRunError as e:
             raise StageFailed(str(e)) from None
@@ -441,7 +450,7 @@ def execute_run(profile: Profile, run_name: str, overrides: dict, force: bool, t
                               f"  log: {log}" + (f"\n  executed notebook with the error: {kept}" if kept else "")
                               + shown)
         with store_op():
-            _finish_notebook(out, run_name, ctx.hash)
+            _finish_notebook(out, run_name, ctx.hash, notebook_hash(ctx.run.stage))
             dest.parent.mkdir(parents=True, exist_ok=True)
             tmp_dest = dest.with_suffix(".partial.ipynb")
             try:
