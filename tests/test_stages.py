@@ -146,3 +146,16 @@ def test_error_kinds_name_what_the_checker_found():
     assert error_kinds(Assessment(correct=True)) == []
     found = error_kinds(Assessment(correct=False, violations=["length"], boilerplate=True, lowercase=2))
     assert found == ["wrong", "constraint", "boilerplate", "lowercase"] and set(found) <= set(ERROR_KINDS)
+
+
+def test_paper_and_handbook_profiles_take_their_own_data():
+    paper, handbook = load_profile("paper"), load_profile("handbook")
+    # the paper's 2023 binarized revision; the handbook's β = 0.01 recipe was chosen for the corrected labels
+    assert paper.runs["aif"].config.revision == "292c16329d921287c4166934cac1a6ad1e13a6c5"
+    assert handbook.runs["aif"].config.revision != paper.runs["aif"].config.revision
+    for prof in (paper, handbook):
+        assert prof.runs["curate"].config.source == "HuggingFaceH4/ultrachat_200k"
+        ev = prof.runs["eval"].config
+        assert (ev.alpaca_eval_set, ev.alpaca_temperature, ev.alpaca_top_p, ev.alpaca_max_new_tokens) == \
+            ("tatsu-lab/alpaca_eval", 0.7, 1.0, 2048)
+        assert prof.endpoints[ev.judge].model == "gpt-4-0613"
