@@ -55,7 +55,6 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from .io import atomic_write_bytes, atomic_write_text, read_json, write_json
 

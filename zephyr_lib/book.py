@@ -10,7 +10,6 @@ missing or come from another profile or config, and writes ``book/generated/prov
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 from .config import REPO, load_profile
 from .io import atomic_write_text

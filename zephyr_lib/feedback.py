@@ -676,7 +676,7 @@ def load_raw_ultrafeedback(source: str | os.PathLike, split: str = "train", revi
 
         try:
             ds = datasets.load_dataset(str(source), split=split, revision=revision, cache_dir=cache_dir)
-        except ValueError as e:  # e.g. "Unknown split": ultrafeedback_binarized has train_prefs, ...
+        except ValueError:  # e.g. "Unknown split": ultrafeedback_binarized has train_prefs, ...
             try:
                 names = datasets.get_dataset_split_names(str(source), revision=revision)
             except Exception:  # noqa: BLE001 - the loader's own error is the one to show

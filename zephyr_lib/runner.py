@@ -42,7 +42,7 @@ import yaml
 from .config import REPO, Profile, check_secret_free, load_profile, parse_override, refuse_secret_names
 from .io import DataError, read_json
 from .stages import STAGES
-from .store import (BUILD_INFO, MANIFEST, RUNS_DIR, CorruptRunError, StoreError, clean_debris, stage_resumes,
+from .store import (BUILD_INFO, MANIFEST, RUNS_DIR, CorruptRunError, clean_debris, stage_resumes,
                     context, lock_held, lock_owner, os_error_line, pid_alive, store_op)
 
 NOTEBOOKS = REPO / "notebooks"

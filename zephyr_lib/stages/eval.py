@@ -185,12 +185,11 @@ def build(ctx, out: Path) -> dict:
     for bench in benches.values():
         for model, extra in bench.after_all(list(results), judge, out).items():
             results[model].update(extra)
-    metrics = {"models": results, "judge": getattr(judge.backend, "name", cfg.judge),
-               "judge_stats": judge.stats.as_dict()}
-    write_json(out / "metrics.json", metrics)
     from ..judges import require_success
     # over budget: the run stays partial; the judge cache keeps every answer, so a rerun asks only for the rest
-    metrics["judge_failures"] = require_success(judge.stats, cfg.judge_failure_budget, where=f"eval run {ctx.run.name!r}")
+    failures = require_success(judge.stats, cfg.judge_failure_budget, where=f"eval run {ctx.run.name!r}")
+    metrics = {"models": results, "judge": getattr(judge.backend, "name", cfg.judge),
+               "judge_stats": judge.stats.as_dict(), "judge_failures": failures}
     write_json(out / "metrics.json", metrics)
     return metrics
 
