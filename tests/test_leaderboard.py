@@ -142,7 +142,8 @@ def lm_eval_run(tiny_model, tmp_path_factory):
     mmlu = lb.write_mmlu_tasks(task_dir, {"anatomy": MMLU, "virology": MMLU[:2]},
                                {"anatomy": MMLU[:2], "virology": MMLU[2:]}, num_fewshot=1)
     lb.write_mc_task(task_dir, "tiny_tqa", TQA, "truthfulqa_mc2")
-    tasks = ["tiny_arc", "tiny_arc0", "tiny_hellaswag", "tiny_tqa", *mmlu]
+    cont = lb.write_mmlu_tasks(task_dir, {"anatomy": MMLU}, prefix="cont_mmlu", num_fewshot=0, kind="mmlu_continuation")
+    tasks = ["tiny_arc", "tiny_arc0", "tiny_hellaswag", "tiny_tqa", *mmlu, *cont]
     return {"metrics": lb.run_lm_eval(tiny_model, task_dir, tasks, batch_size=4), "mmlu": mmlu,
             "task_dir": task_dir}
 
@@ -198,6 +199,21 @@ def test_lm_eval_accuracy_matches_direct_loglikelihoods(lm_eval_run, loglik):
     m = lm_eval_run["metrics"]
     assert m["tiny_arc0/acc"] == pytest.approx(sum(acc) / len(acc))
     assert m["tiny_arc0/acc_norm"] == pytest.approx(sum(acc_norm) / len(acc_norm))
+
+
+def test_mmlu_continuation_scores_the_answer_text_not_a_letter(lm_eval_run, loglik, tmp_path):
+    """The continuation variant (lm-eval's mmlu_continuation template): same rows, the choice's
+    text is scored after "Question: ...\nAnswer:"; acc recomputed from log-likelihoods."""
+    config = yaml.safe_load((Path(lm_eval_run["task_dir"]) / "cont_mmlu_anatomy.yaml").read_text())
+    template = yaml.safe_load((LM_EVAL_TASKS / "mmlu" / "continuation" / "_continuation_template_yaml").read_text())
+    assert config["doc_to_text"] == template["doc_to_text"] and config["doc_to_choice"] == "{{choices}}"
+    assert config["description"] == "The following are questions (with answers) about anatomy.\n\n"
+    acc = []
+    for row in MMLU:
+        context = config["description"] + f"Question: {row['question'].strip()}\nAnswer:"
+        lls = [loglik(context, " " + c) for c in row["choices"]]
+        acc.append(max(range(4), key=lambda i: lls[i]) == row["answer"])
+    assert lm_eval_run["metrics"]["cont_mmlu_anatomy/acc"] == pytest.approx(sum(acc) / len(acc))
 
 
 def test_mc2_matches_direct_probability_mass(lm_eval_run, loglik):

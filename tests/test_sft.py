@@ -112,41 +112,68 @@ def test_a_paper_scale_base_run_points_at_hub_weights_and_keeps_its_own_tokenize
     assert model.config.hidden_size == 64 and tok.chat_template == modeling.CHAT_TEMPLATE
 
 
-class _Grouping:
-    """A stage config with the ``group_by_length`` field set (the field the stage configs carry)."""
-
-    def __init__(self, cfg, on: bool):
-        self._cfg = cfg
-        self.group_by_length = on
-
-    def __getattr__(self, name):
-        return getattr(self._cfg, name)
-
-
-def test_batches_grouped_by_length_cover_the_epoch_with_far_less_padding(tiny_base, tiny_chat_data, tmp_path):
-    """group_by_length (off by default) changes only the order within an epoch: every example
-    once, the same number of batches, and much less padding than uniformly random batches."""
+def test_padding_free_batches_give_the_padded_loss_and_gradients_without_the_padding(tiny_base, tiny_chat_data, tmp_path):
+    """The default batches are padding-free (one row, examples back to back, attention inside each
+    example): the same examples, the same loss and the same gradients as the padded batch within
+    float tolerance, over fewer positions. Attention leaking across examples would change both."""
+    import torch
     from transformers import AutoModelForCausalLM
-    from transformers.trainer_pt_utils import LengthGroupedSampler
+    from trl import SFTTrainer
+
+    from zephyr_lib import modeling
+
+    tok = AutoTokenizer.from_pretrained(tiny_base)
+    train, test = sft.load_sft_data(tiny_chat_data)
+    results = {}
+    for name, cfg in (("padded", _cfg(padding_free=False)), ("padding_free", _cfg())):
+        torch.manual_seed(0)
+        model = AutoModelForCausalLM.from_pretrained(tiny_base)
+        if name == "padding_free":
+            model.set_attn_implementation(modeling.register_document_attention())
+        trainer = SFTTrainer(model=model, args=sft.trl_args(cfg, tmp_path / name), train_dataset=train,
+                             eval_dataset=test, processing_class=tok)
+        batch = next(iter(trainer.get_train_dataloader()))
+        model.train()
+        loss = model(**{k: v for k, v in batch.items() if k != "attention_mask" or name == "padded"}).loss
+        loss.backward()
+        grad = torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None])
+        results[name] = (loss.item(), grad, batch["input_ids"].numel(), int((batch["labels"] != -100).sum()))
+    (l_pad, g_pad, n_pad, k_pad), (l_free, g_free, n_free, k_free) = results["padded"], results["padding_free"]
+    assert k_pad == k_free  # the same tokens carry loss
+    assert n_free < n_pad  # ...in fewer positions: no padding
+    assert abs(l_pad - l_free) < 1e-5 * abs(l_pad)
+    assert torch.allclose(g_pad, g_free, rtol=1e-4, atol=1e-6)
+    # and the same thing with attention across examples (the dense sdpa path on the same packed row) differs
+    model = AutoModelForCausalLM.from_pretrained(tiny_base)
+    flat = {k: batch[k] for k in ("input_ids", "labels")}
+    assert abs(model(**flat).loss.item() - l_free) > 1e-3
+
+
+def test_document_attention_refuses_what_it_cannot_do_right(tiny_base):
+    """Several padded rows, or decoding with a cache, would silently attend wrongly: both raise."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from zephyr_lib import modeling
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_base)
+    model.set_attn_implementation(modeling.register_document_attention())
+    with pytest.raises(RuntimeError, match="padding-free batch"):
+        model(input_ids=torch.ones(2, 5, dtype=torch.long))
+    with pytest.raises(RuntimeError, match="not for decoding"):
+        model.generate(input_ids=torch.ones(1, 5, dtype=torch.long), max_new_tokens=3, min_new_tokens=3)
+
+
+def test_padding_free_truncates_to_max_length_as_trl_would(tiny_base, tiny_chat_data, tmp_path):
+    from transformers import AutoModelForCausalLM
     from trl import SFTTrainer
 
     tok = AutoTokenizer.from_pretrained(tiny_base)
     train, test = sft.load_sft_data(tiny_chat_data)
-    stats = {}
-    assert sft.trl_args(_cfg(), tmp_path / "default").train_sampling_strategy == "random"
-    for name, cfg in (("grouped", _Grouping(_cfg(), True)), ("random", _Grouping(_cfg(), False))):
-        trainer = SFTTrainer(model=AutoModelForCausalLM.from_pretrained(tiny_base), args=sft.trl_args(cfg, tmp_path / name),
-                             train_dataset=train, eval_dataset=test, processing_class=tok)
-        sampler = trainer._get_train_sampler()
-        order = list(iter(sampler))
-        assert sorted(order) == list(range(len(trainer.train_dataset)))  # each example exactly once per epoch
-        assert isinstance(sampler, LengthGroupedSampler) == (name == "grouped")
-        real = padded = n_batches = 0
-        for batch in trainer.get_train_dataloader():
-            real += int(batch["attention_mask"].sum())
-            padded += batch["attention_mask"].numel()
-            n_batches += 1
-        stats[name] = (n_batches, real, padded)
-    assert stats["grouped"][:2] == stats["random"][:2]  # same batches count, same real tokens
-    waste = {k: 1 - real / padded for k, (_, real, padded) in stats.items()}
-    assert waste["grouped"] < 0.1 < waste["random"], waste
+    trainer = SFTTrainer(model=AutoModelForCausalLM.from_pretrained(tiny_base), args=sft.trl_args(_cfg(), tmp_path),
+                         train_dataset=train, eval_dataset=test, processing_class=tok)
+    longest = max(len(r) for r in trainer.train_dataset["input_ids"])
+    cut = sft.truncate_prepared(trainer.train_dataset, longest - 3)
+    assert max(len(r) for r in cut["input_ids"]) == longest - 3
+    assert all(len(r["input_ids"]) == len(r[c]) for r in cut for c in cut.column_names if c != "messages" and isinstance(r[c], list))
+    assert sft.truncate_prepared(trainer.train_dataset, longest) is trainer.train_dataset  # nothing to cut: unchanged

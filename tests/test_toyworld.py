@@ -90,3 +90,31 @@ def test_oracle_answers_get_full_marks_in_every_category():
         for spec in task.specs:
             assert assess(w, spec, w.answer(spec)).score10() == 10, spec
             assert assess(w, spec, w.wrong_answer(spec, rng)).correct is False, spec
+
+
+def test_leaderboard_analogues_are_answerable_and_state_their_chance_levels():
+    """ARC: legs of animals and orderings, each answer correct by the world; chance levels are
+    1/choices (25%) and, for MC2, the share of true statements."""
+    from zephyr_lib.toyworld.benchmarks import chance_levels, leaderboard_rows
+    from zephyr_lib.toyworld.world import ANIMAL_LEGS
+
+    w = World()
+    rows = leaderboard_rows(w, 60, seed=0)
+    kinds = {"legs": 0, "order": 0}
+    for r in rows["arc"]:
+        right = r["choices"][r["answer"]]
+        if r["question"].startswith("How many legs"):
+            kinds["legs"] += 1
+            assert right == str(ANIMAL_LEGS[r["question"].split("does a ")[1].split(" have")[0]])
+        else:
+            kinds["order"] += 1
+            first, second, ask = r["question"].split(". ")  # "A is taller than B" "B is taller than C" "Who is the tallest?"
+            pairs = [tuple(x.replace(".", "").split(" is ")[0::1]) for x in (first, second)]
+            bigger = {p[0]: p[1].split(" than ")[1] for p in pairs}
+            top = next(a for a in bigger if a not in bigger.values())
+            bottom = next(b for b in bigger.values() if b not in bigger)
+            assert right == (top if ask.endswith(("tallest?", "oldest?", "fastest?")) else bottom)
+    assert min(kinds.values()) > 10 and len(rows["arc"]) == 60
+    chance = chance_levels(rows)
+    assert chance["arc"] == chance["hellaswag"] == chance["mmlu"] == 25.0
+    assert 25.0 < chance["truthfulqa_mc2"] < 40.0  # 1 of 4 true for real towns, 2 of 5 for unknown ones

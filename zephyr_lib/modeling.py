@@ -286,3 +286,45 @@ def load_model(path: str | Path, dtype=None, device: str = "auto", setting: str 
     model.to(dev)
     model.eval()
     return model, tok
+
+
+# ---- per-document attention for padding-free batches -----------------------------------------
+
+DOCUMENT_ATTENTION = "zephyr_document_sdpa"
+
+
+def document_sdpa(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
+    """Causal attention inside each document of a padding-free batch, never across documents.
+
+    A padding-free batch is one row holding the batch's examples back to back, with their
+    boundaries in ``cu_seq_lens_q`` (TRL's ``DataCollatorForLanguageModeling(padding_free=True)``).
+    Each document gets its own causal ``scaled_dot_product_attention``, so the work is that of the
+    real tokens only: no padding (as in a padded batch) and no cross-document block of a dense
+    T×T mask (as transformers' packed-sequence mask for sdpa, which costs what padding saved).
+    The result equals the padded batch's within float rounding (tests/test_sft.py)."""
+    import torch.nn.functional as F
+
+    if query.shape[2] != key.shape[2]:
+        raise RuntimeError(f"{DOCUMENT_ATTENTION} is for training on padding-free batches, not for decoding with a cache")
+    cu = kwargs.get("cu_seq_lens_q")
+    if cu is None:
+        if query.shape[0] != 1:
+            raise RuntimeError(f"{DOCUMENT_ATTENTION} needs a padding-free batch (one row with cu_seq_lens_q); "
+                               f"got {query.shape[0]} rows and no document boundaries")
+        bounds = [(0, query.shape[2])]
+    else:
+        c = cu.tolist()
+        bounds = list(zip(c[:-1], c[1:]))
+    outs = [F.scaled_dot_product_attention(query[:, :, s:e], key[:, :, s:e], value[:, :, s:e], is_causal=True,
+                                           dropout_p=dropout if module.training else 0.0, scale=scaling,
+                                           enable_gqa=query.shape[1] != key.shape[1])
+            for s, e in bounds if e > s]
+    return torch.cat(outs, dim=2).transpose(1, 2).contiguous(), None
+
+
+def register_document_attention() -> str:
+    """Register :func:`document_sdpa` with transformers (idempotent); returns its name."""
+    from transformers import AttentionInterface
+
+    AttentionInterface.register(DOCUMENT_ATTENTION, document_sdpa)
+    return DOCUMENT_ATTENTION

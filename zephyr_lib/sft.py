@@ -3,9 +3,12 @@
 The stage maps the profile's :class:`~zephyr_lib.config.SFTConfig` onto ``trl.SFTConfig``
 (:func:`trl_args`; the paper profile resolves to the paper's values) and wraps ``SFTTrainer``.
 Loss on assistant tokens only (the chat template's ``{% generation %}`` markers, eos inside) or
-packing (the paper's setting, which trains on every token) is selectable. Batches can be grouped by
-length (``group_by_length``, off by default): far less padding on CPU, same data and steps, but
-the order of examples within an epoch becomes longest-to-shortest per mega-batch. Checkpoints go to
+packing (the paper's setting, which trains on every token) is selectable. Without packing, batches
+are padding-free by default (``padding_free``): the batch's examples back to back in one row, with
+attention kept inside each example (:func:`~zephyr_lib.modeling.document_sdpa`), which gives the
+padded batch's loss without computing its padding. The order of examples stays
+uniformly random (batches grouped by length would save padding too, but their longest-first order
+changes what a tiny model learns). Checkpoints go to
 ``<run>/checkpoints``; a killed run resumes from the newest complete one when re-run.
 
 Run it through the runner (``python -m zephyr_lib run --profile toy --stages sft``) or open
@@ -16,7 +19,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from .stages.sft import SFTConfig
-from .modeling import last_checkpoint, weights_source
+from .modeling import last_checkpoint, register_document_attention, weights_source
 
 
 def trl_args(cfg: SFTConfig, output_dir: str | Path, use_cpu: bool | None = None):
@@ -34,7 +37,9 @@ def trl_args(cfg: SFTConfig, output_dir: str | Path, use_cpu: bool | None = None
         per_device_train_batch_size=cfg.per_device_train_batch_size,
         per_device_eval_batch_size=cfg.per_device_train_batch_size,
         gradient_accumulation_steps=cfg.gradient_accumulation_steps,
-        max_length=cfg.max_length,
+        # Padding-free batches: TRL does not truncate them, so train() truncates to max_length itself.
+        max_length=None if _padding_free(cfg) else cfg.max_length,
+        padding_free=_padding_free(cfg),
         packing=cfg.packing,
         packing_strategy=getattr(cfg, "packing_strategy", "bfd"),
         assistant_only_loss=cfg.assistant_only_loss and not cfg.packing,
@@ -52,14 +57,20 @@ def trl_args(cfg: SFTConfig, output_dir: str | Path, use_cpu: bool | None = None
         seed=cfg.seed,
         data_seed=cfg.seed,
         dataloader_num_workers=0,
-        # Optional: batches of similar length (transformers' LengthGroupedSampler: random
-        # mega-batches of 50 batches, each sorted by length, longest first) instead of uniformly
-        # random ones. On the toy data a random batch of 16 is ~75% padding, a grouped one ~2%;
-        # same examples per epoch, same steps and loss. Off by default: inside a mega-batch the
-        # order is longest-to-shortest, a curriculum that measurably changes what a tiny model
-        # learns (tests/test_sft.py). See bench.py for the speed measurement.
-        train_sampling_strategy="group_by_length" if getattr(cfg, "group_by_length", False) else "random",
     )
+
+
+def _padding_free(cfg) -> bool:
+    return bool(getattr(cfg, "padding_free", False)) and not cfg.packing
+
+
+def truncate_prepared(dataset, max_length: int):
+    """TRL's tokenized dataset cut to ``max_length`` tokens per example (what TRL itself does when
+    it is given ``max_length``; padding-free training has to do it here)."""
+    columns = [c for c in ("input_ids", "assistant_masks", "completion_mask", "labels") if c in dataset.column_names]
+    if all(len(ids) <= max_length for ids in dataset["input_ids"]):
+        return dataset
+    return dataset.map(lambda ex: {c: ex[c][:max_length] for c in columns}, desc=f"truncate to {max_length}")
 
 
 def lora_setup(cfg) -> tuple[object | None, dict]:
@@ -164,12 +175,20 @@ def train(cfg: SFTConfig, init: Path, data: Path, out: Path, callbacks: list | N
     args = trl_args(cfg, out / "checkpoints")
     peft_config, model_kwargs = lora_setup(cfg)
     model = AutoModelForCausalLM.from_pretrained(source, dtype="auto", **model_kwargs, **source_kwargs)
+    attention = model.config._attn_implementation
+    if _padding_free(cfg):
+        model.set_attn_implementation(register_document_attention())
     train_ds, test_ds = load_sft_data(data, cfg.max_train_samples)
     trainer = SFTTrainer(model=model, args=args, train_dataset=train_ds,
                          eval_dataset=test_ds, processing_class=tok, callbacks=callbacks,
                          **({"peft_config": peft_config} if peft_config is not None else {}))
+    if _padding_free(cfg):
+        trainer.train_dataset = truncate_prepared(trainer.train_dataset, cfg.max_length)
+        trainer.eval_dataset = truncate_prepared(trainer.eval_dataset, cfg.max_length)
     trainer.train(resume_from_checkpoint=last_checkpoint(out / "checkpoints"))
     final = final_eval(trainer)
+    if _padding_free(cfg):
+        trainer.model.set_attn_implementation(attention)  # the saved model decodes with the standard kernel
     save_final(trainer, cfg, tok, init, out)
     return {"log_history": trainer.state.log_history, "eval_loss": final["eval_loss"],
             "steps": trainer.state.global_step, "n_train": len(train_ds), "n_test": len(test_ds),

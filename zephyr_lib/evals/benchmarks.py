@@ -221,10 +221,15 @@ class Leaderboard(Benchmark):
             return flat
         _, tasks = self.inputs["leaderboard_tasks"]
         subj = {t: flat[f"{t}/acc"] for t in tasks["mmlu"]}
-        return {"arc": flat[f"{tasks['arc']}/acc_norm"], "arc_stderr": flat.get(f"{tasks['arc']}/acc_norm_stderr"),
+        # the macro average's standard error: subjects are independent samples
+        mmlu_se = (sum(p * (1 - p) / max(1, flat.get(f"{t}/n") or 1) for t, p in subj.items()) ** 0.5 / len(subj)
+                   if all(flat.get(f"{t}/n") for t in subj) else None)
+        # the toy ARC's answers are 1-3 characters: acc, not the per-character acc_norm (toyworld/benchmarks.py)
+        return {"arc": flat[f"{tasks['arc']}/acc"], "arc_stderr": flat.get(f"{tasks['arc']}/acc_stderr"),
                 "hellaswag": flat[f"{tasks['hellaswag']}/acc_norm"],
                 "hellaswag_stderr": flat.get(f"{tasks['hellaswag']}/acc_norm_stderr"),
-                "mmlu": lb.macro_average(subj), "mmlu_subjects": subj,
+                "mmlu": lb.macro_average(subj), "mmlu_stderr": mmlu_se, "mmlu_subjects": subj,
+                "chance": self.inputs.get("leaderboard_chance"),
                 "truthfulqa_mc2": flat[f"{tasks['truthfulqa_mc2']}/acc"],
                 "truthfulqa_mc2_stderr": flat.get(f"{tasks['truthfulqa_mc2']}/acc_stderr"), "raw": flat}
 

@@ -16,6 +16,9 @@ Row schemas of the local tasks (one JSON object per line):
   lm-eval's MMLU prompt, description "The following are multiple choice questions (with answers)
   about {subject}.", few-shot from a ``dev`` split (first n); metric acc. The MMLU score is the
   unweighted mean over subjects (``macro_average``), not lm-eval's size-weighted ``mmlu`` group.
+- ``mmlu_continuation``: MMLU's rows scored as lm-eval's ``mmlu_continuation`` tasks do: the
+  prompt "Question: {question}\nAnswer:" (read from lm-eval's continuation template) and the
+  log-likelihood of each choice's *text*, not of a letter A–D; metrics acc and acc_norm.
 - ``truthfulqa_mc2``: ``{"question": str, "mc2_targets": {"choices": [str, ...],
   "labels": [0|1, ...]}}`` with lm-eval's fixed 6-shot QA prompt; metric acc = MC2 (normalized
   probability mass of the true answers).
@@ -33,7 +36,7 @@ import yaml
 
 from zephyr_lib.io import atomic_write_text, write_jsonl
 
-KINDS = ("arc", "hellaswag", "mmlu", "truthfulqa_mc2")
+KINDS = ("arc", "hellaswag", "mmlu", "mmlu_continuation", "truthfulqa_mc2")
 
 #: The 57 MMLU (hendrycksTest) subjects.
 MMLU_SUBJECTS = (
@@ -72,7 +75,7 @@ PAPER_SETTINGS: dict[str, Any] = {
 #: Paper Table 2 (percent) for Zephyr-7B-beta.
 PAPER_ZEPHYR_SCORES = {"arc": 62.03, "hellaswag": 84.52, "mmlu": 61.44, "truthfulqa": 57.44}
 
-_KIND_FEWSHOT = {"arc": 25, "hellaswag": 10, "mmlu": 5, "truthfulqa_mc2": 0}
+_KIND_FEWSHOT = {"arc": 25, "hellaswag": 10, "mmlu": 5, "mmlu_continuation": 5, "truthfulqa_mc2": 0}
 _NAME = re.compile(r"^[A-Za-z0-9_]+$")
 _UTILS_MODULE = "zephyr_lm_eval_utils"
 
@@ -99,6 +102,8 @@ def _doc_to_text(kind: str) -> str:
         return _lm_eval_task_field("arc/arc_easy.yaml", "doc_to_text")
     if kind == "mmlu":
         return _lm_eval_task_field("mmlu/default/_default_template_yaml", "doc_to_text")
+    if kind == "mmlu_continuation":
+        return _lm_eval_task_field("mmlu/continuation/_continuation_template_yaml", "doc_to_text")
     if kind == "truthfulqa_mc2":
         return _lm_eval_task_field("truthfulqa/truthfulqa_mc1.yaml", "doc_to_text")
     return "{{context}}"
@@ -161,7 +166,7 @@ def _check_rows(rows: Sequence[Mapping], kind: str, where: str) -> list[dict]:
             _check_choice_row(row, row_where, "question", "choices", "answer")
         elif kind == "hellaswag":
             _check_choice_row(row, row_where, "context", "endings", "label")
-        elif kind == "mmlu":
+        elif kind in ("mmlu", "mmlu_continuation"):
             _check_choice_row(row, row_where, "question", "choices", "answer", n_choices=4)
         else:
             _check_mc2_row(row, row_where)
@@ -197,7 +202,8 @@ def write_mc_task(task_dir: str | Path, name: str, rows: Sequence[Mapping], kind
     test_path = task_dir / f"{name}.test.jsonl"
     write_jsonl(test_path, rows)
     data_files = {"test": str(test_path)}
-    fewshot_split = "dev" if kind == "mmlu" else "train"
+    mmlu = kind in ("mmlu", "mmlu_continuation")
+    fewshot_split = "dev" if mmlu else "train"
     if shots:
         shot_path = task_dir / f"{name}.{fewshot_split}.jsonl"
         write_jsonl(shot_path, shots)
@@ -225,11 +231,16 @@ def write_mc_task(task_dir: str | Path, name: str, rows: Sequence[Mapping], kind
                       description=f"The following are multiple choice questions (with answers) "
                                   f"about {subject_text}.\n\n",
                       metric_list=[_metric("acc")])
+    elif kind == "mmlu_continuation":
+        subject_text = (subject or name).replace("_", " ")
+        config.update(doc_to_choice="{{choices}}", doc_to_target="{{answer}}",
+                      description=f"The following are questions (with answers) about {subject_text}.\n\n",
+                      metric_list=[_metric("acc"), _metric("acc_norm")])
     else:
         config.update(doc_to_choice="{{mc2_targets.choices}}", doc_to_target=0,
                       metric_list=[_metric("acc")])
     if shots:
-        if kind == "mmlu":
+        if mmlu:
             config.update(fewshot_split="dev", fewshot_config={"sampler": "first_n"})
         else:  # as the real ARC/HellaSwag YAMLs: few-shot examples come from the train split
             config.update(training_split="train", fewshot_split="train")
@@ -255,13 +266,15 @@ def _write_utils_module(task_dir: Path) -> None:
 
 def write_mmlu_tasks(task_dir: str | Path, rows_by_subject: Mapping[str, Sequence[Mapping]],
                      fewshot_by_subject: Mapping[str, Sequence[Mapping]] | None = None,
-                     prefix: str = "local_mmlu", num_fewshot: int | None = None) -> list[str]:
-    """One local MMLU task per subject (``{prefix}_{subject}``); returns the task names."""
+                     prefix: str = "local_mmlu", num_fewshot: int | None = None,
+                     kind: str = "mmlu") -> list[str]:
+    """One local MMLU task per subject (``{prefix}_{subject}``); returns the task names.
+    ``kind``: "mmlu" (letters A–D, the leaderboard's) or "mmlu_continuation" (the choices' text)."""
     names = []
     for subject, rows in rows_by_subject.items():
         name = f"{prefix}_{subject}"
         shots = (fewshot_by_subject or {}).get(subject)
-        write_mc_task(task_dir, name, rows, "mmlu", fewshot_rows=shots, num_fewshot=num_fewshot,
+        write_mc_task(task_dir, name, rows, kind, fewshot_rows=shots, num_fewshot=num_fewshot,
                       subject=subject)
         names.append(name)
     return names

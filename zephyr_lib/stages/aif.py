@@ -16,7 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..config import ConfigError, StageConfig, endpoint, opt, ref
+from ..config import ConfigError, StageConfig, endpoint, opt, ref, refs
 from ..io import write_json, write_jsonl
 from . import Stage
 
@@ -34,7 +34,8 @@ class AIFConfig(StageConfig):
     base: str = ref("base", "Base run whose model joins the pool as 'base'.")
     n_prompts: int = opt(600, "Prompts to answer and rate (toy) or rows to read (real, 0 = all).", ge=0)
     pool: list[str] = opt(["teacher_strong", "teacher", "teacher_sloppy", "teacher_verbose", "policy", "base"],
-                          "Pool members: toy programs, 'policy', 'base', other runs, or 'endpoint:<name>'; each prompt gets answers from `completions_per_prompt` of them.")
+                          "Pool members: toy programs, 'policy', 'base' or 'endpoint:<name>'; each prompt gets answers from `completions_per_prompt` of pool + zoo.")
+    zoo: list[str] = refs([], "Trained models (runs, e.g. sft_alpha) that join the pool: the toy stand-ins for UltraFeedback's open chat models.")
     completions_per_prompt: int = opt(4, "Answers per prompt (UltraFeedback: 4).", ge=2)
     rule: str = opt("overall", "Binarization: 'overall' (the dataset's code) or 'mean_aspects' (Argilla's, ties dropped).",
                     choices=("overall", "mean_aspects"))
@@ -42,7 +43,8 @@ class AIFConfig(StageConfig):
     drop_identical: bool = opt(True, "Drop pairs whose chosen and rejected answers are the same text (no DPO signal; counted).")
     test_fraction: float = opt(0.1, "Fraction of pairs held out as test_prefs.", gt=0, lt=1)
     max_new_tokens: int = opt(96, "Generation length for model pool members.", ge=1)
-    temperature: float = opt(0.7, "Sampling temperature for model pool members.", ge=0)
+    temperature: float = opt(1.0, "Sampling temperature for model pool members (UltraFeedback: 1.0, top_p 1.0).", ge=0)
+    batch_size: int = opt(32, "Prompts per generation batch for model pool members.", ge=1)
     judge: str = endpoint("toy", "Endpoint that rates the answers (the paper: GPT-4).")
     judge_failure_budget: float = opt(0.0, "Share of judge requests allowed to fail (transport or unparsable) before the run counts as incomplete; 0 = any failure stops it (resumable: the cache keeps every answer). A budget above 0 is shown on the page.", ge=0, lt=1, hash_omit_default=True)
     templates: str = opt("", "Rating prompts: '' = the paraphrase the toy judge reads; a path or URL of UltraFeedback's preference_templates.py = the originals (read as text, never executed), with annotate_critique.py and main.py (the completion principles) taken from beside it.", hash_omit_default=True)
@@ -50,7 +52,7 @@ class AIFConfig(StageConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.completions_per_prompt > len(self.pool):
+        if self.completions_per_prompt > len(self.pool) + len(self.zoo):
             raise ConfigError("aif.completions_per_prompt must be between 2 and the pool size")
 
 
@@ -100,7 +102,8 @@ def _annotate(ctx, prompts: list[dict], out: Path) -> dict:
     cfg = ctx.cfg
     templates, principles = _original_prompts(ctx) if cfg.templates else (None, None)
     aliases = {"policy": cfg.policy, "base": cfg.base}
-    agents = {name: make_agent(ctx, name, seed=cfg.seed, refs=aliases) for name in cfg.pool}
+    agents = {name: make_agent(ctx, name, seed=cfg.seed, refs=aliases, batch_size=cfg.batch_size)
+              for name in [*cfg.pool, *cfg.zoo]}
     rows, pool_stats = P.complete_pool(agents, prompts, per_prompt=cfg.completions_per_prompt, seed=cfg.seed,
                                        max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
                                        principles=principles)

@@ -83,7 +83,10 @@ def eval_inputs(ctx) -> dict:
     else:  # a local file or URL; alpaca_eval's later davinci outputs are refused (BaselineError)
         out["alpaca"], out["alpaca_baseline"] = ae.load_baseline(get(cfg.alpaca_eval_set))
     if "leaderboard" in cfg.benchmarks and cfg.leaderboard_tasks == "toy":
+        from ..toyworld.benchmarks import chance_levels, leaderboard_rows
+
         out["leaderboard_tasks"] = _toy_leaderboard_tasks(ctx, world)
+        out["leaderboard_chance"] = chance_levels(leaderboard_rows(world, cfg.n_leaderboard, seed=cfg.seed))
     return out
 
 
@@ -103,7 +106,8 @@ def _toy_leaderboard_tasks(ctx, world):
         lb.write_mc_task(tmp, "toy_arc", rows["arc"], "arc", fewshot_rows=rows["fewshot"]["arc"])
         lb.write_mc_task(tmp, "toy_hellaswag", rows["hellaswag"], "hellaswag", fewshot_rows=rows["fewshot"]["hellaswag"])
         lb.write_mc_task(tmp, "toy_truthfulqa_mc2", rows["truthfulqa_mc2"], "truthfulqa_mc2")
-        mmlu_names = lb.write_mmlu_tasks(tmp, rows["mmlu"], rows["mmlu_dev"], prefix="toy_mmlu")
+        mmlu_names = lb.write_mmlu_tasks(tmp, rows["mmlu"], rows["mmlu_dev"], prefix="toy_mmlu",
+                                         kind="mmlu_continuation")
         # the YAMLs hold absolute data paths: point them at the final folder before it takes its name
         for y in tmp.rglob("*.yaml"):
             y.write_text(y.read_text().replace(str(tmp), str(task_dir)))

@@ -56,6 +56,7 @@ class ResultsConfig(StageConfig):
     sweep: list[str] = opt([], "DPO runs compared with their dSFT start (what was tried when dDPO > dSFT did not reproduce).")
     alpha_beta: list[str] = opt(["sft_alpha", "sft"], "dSFT runs whose answers' defect rates are compared (α vs β).")
     regressions: str = opt("sft -> dpo", "'a -> b': list the MT-Bench questions where b lost most against a.")
+    academic: list[str] = opt(["dpo > sft"], "'a > b' pairs whose Open LLM Leaderboard (analogue) differences get a 95% interval and a verdict.")
     n_bootstrap: int = opt(2000, "Paired-bootstrap resamples for differences between models.", ge=100)
     seed: int = opt(0, "Bootstrap seed.")
 
@@ -66,6 +67,7 @@ class ResultsConfig(StageConfig):
         _pairs(self.ablation, "=", "ablation")
         if self.regressions:
             _pairs([self.regressions], "->", "regressions")
+        _pairs(self.academic, ">", "academic")
 
 
 def build(ctx, out: Path) -> dict:
@@ -155,13 +157,33 @@ def build(ctx, out: Path) -> dict:
                      f"answer ({b})": pb[k]["answer"], "change": pb[k]["score"] - pa[k]["score"]}
                     for k in sorted(set(pa) & set(pb), key=str) if pa[k]["score"] >= 0 and pb[k]["score"] >= 0]
             regressions = sorted(both, key=lambda r: r["change"])[:6]
+    # academic benchmarks: differences with a normal 95% interval from the two scores' standard
+    # errors (lm-eval's per-task stderr; unpaired, so conservative), and whether each sits above chance
+    academic, chance = [], {}
+    for a, b in _pairs(cfg.academic, ">", "academic"):
+        if not (have(a, "leaderboard") and have(b, "leaderboard")):
+            continue
+        la, lb_ = em[a]["leaderboard"], em[b]["leaderboard"]
+        chance = la.get("chance") or chance
+        for k, label in (("arc", "ARC"), ("hellaswag", "HellaSwag"), ("mmlu", "MMLU"), ("truthfulqa_mc2", "TruthfulQA")):
+            sa, sb = la.get(f"{k}_stderr"), lb_.get(f"{k}_stderr")
+            if sa is None or sb is None:
+                continue
+            d = 100 * (la[k] - lb_[k])
+            half = 1.96 * 100 * (sa ** 2 + sb ** 2) ** 0.5
+            entry = {"pair": f"{a} − {b}", "benchmark": label, a: 100 * la[k], b: 100 * lb_[k], "diff": d,
+                     "lo": d - half, "hi": d + half, "chance": (chance or {}).get(k)}
+            status = ("higher" if entry["lo"] > 0 else "lower" if entry["hi"] < 0 else "no significant difference")
+            entry["verdict"] = (f"{label}: {a} vs {b}: {status}, {d:+.1f} pts [95% CI {entry['lo']:+.1f}, "
+                                f"{entry['hi']:+.1f}]" + (f"; chance {entry['chance']:.0f}" if entry["chance"] else ""))
+            academic.append(entry)
     weakest = {}
     if have(cfg.dpo, "mt_bench"):
         cats = em[cfg.dpo]["mt_bench"]["categories"]
         weakest = dict(sorted(cats.items(), key=lambda kv: kv[1])[:2])
     metrics = {"table1": table1, "table3": table3, "epochs": epochs, "alpha_beta": alpha_beta, "sweep": sweep,
                "verdicts": verdicts, "dpo_log": dpo_log, "dpo_final": dpo_final, "regressions": regressions,
-               "weakest_categories": weakest,
+               "weakest_categories": weakest, "academic": academic, "leaderboard_chance": chance,
                "categories": {m: em[m]["mt_bench"]["categories"] for m in cfg.table1 if have(m, "mt_bench")}}
     write_json(out / "metrics.json", metrics)
     return metrics

@@ -26,7 +26,7 @@ class SFTConfig(TrainingConfig):
     packing: bool = opt(False, "Pack examples into blocks (paper) instead of padding; packing trains on all tokens.")
     packing_strategy: str = opt("wrapped", "TRL packing: 'wrapped' (TRL 0.7's, the paper's: concatenate and cut into max_length blocks, no token lost) or 'bfd' (best-fit; truncates examples longer than a block).",
                                 choices=("wrapped", "bfd"), hash_omit_default=True)
-    group_by_length: bool = opt(False, "Batches of similar length (less padding on CPU; same examples and steps, but the order within an epoch changes, which changes what a tiny model learns: see the Performance page).", hash_omit_default=True)
+    padding_free: bool = opt(True, "Without packing: each batch is one row of its examples back to back, attention kept inside each example (zephyr_lib.modeling.document_sdpa): the same loss as a padded batch, without computing padding.")
     assistant_only_loss: bool = opt(True, "Loss on assistant tokens only (ignored when packing).")
     weight_decay: float = opt(0.0, "AdamW weight decay (paper: none).", ge=0)
     max_train_samples: int = opt(0, "Use at most this many training dialogues (0 = all).", ge=0)
