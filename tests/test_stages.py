@@ -159,3 +159,25 @@ def test_paper_and_handbook_profiles_take_their_own_data():
         assert (ev.alpaca_eval_set, ev.alpaca_temperature, ev.alpaca_top_p, ev.alpaca_max_new_tokens) == \
             ("tatsu-lab/alpaca_eval", 0.7, 1.0, 2048)
         assert prof.endpoints[ev.judge].model == "gpt-4-0613"
+
+
+def test_the_toy_pool_is_shaped_like_ultrafeedbacks():
+    """The toy AI-feedback pool: instruction-tuned members only (no raw base model, not the dSFT
+    model being trained), trained zoo models as upstream runs (they enter the order and the hash),
+    temperature 1.0; the on-policy experiment adds the dSFT model and nothing else."""
+    toy = load_profile("toy")
+    aif, onpolicy = toy.runs["aif"], toy.runs["aif_onpolicy"]
+    assert "base" not in aif.config.pool and "policy" not in aif.config.pool
+    assert aif.config.zoo == ["sft_alpha", "sft_small"] and aif.config.temperature == 1.0
+    assert {"sft_alpha", "sft_small"} <= set(aif.upstream)
+    order = [r.name for r in toy.order()]
+    assert order.index("sft_small") < order.index("aif") and order.index("sft_alpha") < order.index("aif")
+    assert set(onpolicy.config.pool) - set(aif.config.pool) == {"policy"} and onpolicy.config.zoo == aif.config.zoo
+    assert toy.runs["dpo_onpolicy"].config.data == "aif_onpolicy"
+    changed = load_profile("toy", ["aif.zoo=[sft_alpha]"])
+    assert changed.run_hash("aif") != toy.run_hash("aif")
+
+
+def test_a_pool_smaller_than_the_completions_per_prompt_is_refused():
+    with pytest.raises(ConfigError, match="completions_per_prompt"):
+        load_profile("toy", ["aif.pool=[teacher]", "aif.zoo=[sft_alpha]"])
