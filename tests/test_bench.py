@@ -24,9 +24,11 @@ def test_loss_tokens_counts_exactly_what_trl_trains_on(tiny_base, tiny_chat_data
     cfg = SFTConfig(max_length=48, max_train_samples=40)  # short: some answers are cut by max_length
     trainer = SFTTrainer(model=AutoModelForCausalLM.from_pretrained(tiny_base), args=sft.trl_args(cfg, tmp_path),
                          train_dataset=train, eval_dataset=test, processing_class=tok)
+    prepared = sft.truncate_prepared(trainer.train_dataset, cfg.max_length)  # as sft.train does (padding-free batches)
     collate = trainer.data_collator
-    labels = collate([trainer.train_dataset[i] for i in range(len(trainer.train_dataset))])["labels"]
-    trained = int((labels[:, 1:] != -100).sum())  # the causal shift: position 0 is never predicted
+    labels = collate([prepared[i] for i in range(len(prepared))])["labels"]
+    # the causal shift: position 0 is never predicted (padding-free: every example's first label is -100 already)
+    trained = int((labels[:, 1:] != -100).sum())
     assert bench.loss_tokens(tok, train["messages"], 48) == trained
     assert bench.loss_tokens(tok, train["messages"], 4096) > trained  # the cut really removed loss tokens
 
