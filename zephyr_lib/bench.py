@@ -381,7 +381,8 @@ def bench_rerun(profile: str) -> dict:
     parsed = parse_runner_output(proc.stdout)
     steps = calls = 0
     for run in parsed["executed"]:
-        m = context(prof, run).metrics if context(prof, run).complete else {}
+        ctx = context(prof, run)
+        m = ctx.metrics() if ctx.complete else {}
         steps += int(m.get("steps", 0) or 0)
         calls += int((m.get("judge_stats") or {}).get("calls", 0) or 0)
     return {"measured": True, "wall_s": wall, "runs_cached": len(parsed["cached"]),
