@@ -222,7 +222,7 @@ class Leaderboard(Benchmark):
         _, tasks = self.inputs["leaderboard_tasks"]
         subj = {t: flat[f"{t}/acc"] for t in tasks["mmlu"]}
         # the macro average's standard error: subjects are independent samples
-        mmlu_se = (sum(p * (1 - p) / max(1, flat.get(f"{t}/n") or 1) for t, p in subj.items()) ** 0.5 / len(subj)
+        mmlu_se = (sum(p * (1 - p) / flat[f"{t}/n"] for t, p in subj.items()) ** 0.5 / len(subj)
                    if all(flat.get(f"{t}/n") for t in subj) else None)
         # the toy ARC's answers are 1-3 characters: acc, not the per-character acc_norm (toyworld/benchmarks.py)
         return {"arc": flat[f"{tasks['arc']}/acc"], "arc_stderr": flat.get(f"{tasks['arc']}/acc_stderr"),

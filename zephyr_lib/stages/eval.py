@@ -85,18 +85,17 @@ def eval_inputs(ctx) -> dict:
     if "leaderboard" in cfg.benchmarks and cfg.leaderboard_tasks == "toy":
         from ..toyworld.benchmarks import chance_levels, leaderboard_rows
 
-        out["leaderboard_tasks"] = _toy_leaderboard_tasks(ctx, world)
-        out["leaderboard_chance"] = chance_levels(leaderboard_rows(world, cfg.n_leaderboard, seed=cfg.seed))
+        rows = leaderboard_rows(world, cfg.n_leaderboard, seed=cfg.seed)
+        out["leaderboard_tasks"] = _toy_leaderboard_tasks(ctx, rows)
+        out["leaderboard_chance"] = chance_levels(rows)
     return out
 
 
-def _toy_leaderboard_tasks(ctx, world):
+def _toy_leaderboard_tasks(ctx, rows):
     """The toy leaderboard tasks as lm-eval task YAMLs with their jsonl data, written once into a
     content-addressed folder (lm-eval needs absolute data paths: they must outlive this run's partial folder)."""
     from ..evals import leaderboard as lb
-    from ..toyworld.benchmarks import leaderboard_rows
 
-    rows = leaderboard_rows(world, ctx.cfg.n_leaderboard, seed=ctx.cfg.seed)
     task_dir = ctx.root / ctx.profile.name / "eval_cache" / "leaderboard_tasks" / config_hash(rows)
     tasks = {"arc": "toy_arc", "hellaswag": "toy_hellaswag", "truthfulqa_mc2": "toy_truthfulqa_mc2"}
     mmlu_names = [f"toy_mmlu_{s}" for s in rows["mmlu"]]
