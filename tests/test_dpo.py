@@ -2,6 +2,7 @@
 training on a tiny model (epoch folders, logged rewards, learning) and resuming after a kill."""
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import time
@@ -127,6 +128,84 @@ def test_dpo_loss_matches_trl(assets):
         assert torch.allclose(stored, lp["policy", side], atol=1e-4)
 
 
+def test_unpadded_backbone_gives_trls_padded_loss_gradients_and_reference(assets):
+    """``padding_free``: TRL's DPO loss, its gradients and its precomputed reference log-probs are
+    those of the padded batch within float rounding, and the backbone sees only the real tokens.
+    Attention leaking across the sequences of the row would change the loss."""
+    from transformers import AutoModelForCausalLM
+    from trl import DPOTrainer
+
+    tok = assets["tok"]
+    cfg = _cfg(beta=0.3)
+    rows = dpo.to_dpo_rows(assets["dsd"]["train_prefs"], "train_prefs", tok, cfg.max_prompt_length)
+    keys = ("prompt_ids", "chosen_ids", "rejected_ids")
+    results = {}
+    for name in ("padded", "unpadded"):
+        policy = AutoModelForCausalLM.from_pretrained(assets["init"])
+        seen = []
+        policy.get_input_embeddings().register_forward_pre_hook(lambda m, a: seen.append(a[0].numel()))
+        with (modeling.UnpaddedBackbone(policy) if name == "unpadded" else contextlib.nullcontext()):
+            args = dpo.trl_args(cfg, assets["root"] / f"pf-{name}", use_cpu=True, eval_strategy="no")
+            trainer = DPOTrainer(model=policy, args=args, train_dataset=rows, processing_class=tok)
+            batch = trainer.data_collator([{k: trainer.train_dataset[i][k] for k in keys + ("ref_chosen_logps", "ref_rejected_logps")}
+                                           for i in range(8)])
+            gen = torch.Generator().manual_seed(1)  # move the policy off the reference (else every loss is log 2)
+            with torch.no_grad():
+                for p in policy.parameters():
+                    p.add_(0.05 * torch.randn(p.shape, generator=gen))
+            trainer.model.train()
+            policy.zero_grad()
+            loss = trainer.compute_loss(trainer.model, batch)
+            loss.backward()
+        grad = torch.cat([p.grad.flatten() for p in policy.parameters() if p.grad is not None])
+        refs = torch.tensor([trainer.train_dataset[i]["ref_chosen_logps"] for i in range(len(rows))])
+        results[name] = (loss.item(), grad, refs, seen[-1], int(batch["attention_mask"].sum()), batch["input_ids"].numel())
+        assert policy.config._attn_implementation == "sdpa" and "forward" not in vars(policy.get_decoder())
+    (l_pad, g_pad, r_pad, n_pad, real, padded), (l_free, g_free, r_free, n_free, _, _) = results["padded"], results["unpadded"]
+    assert real < padded and n_pad == padded and n_free == real  # the backbone ran the real tokens only
+    assert abs(l_pad - l_free) < 1e-5 * abs(l_pad) and abs(l_pad - math.log(2)) > 1e-4
+    assert torch.allclose(g_pad, g_free, rtol=1e-4, atol=1e-6)
+    assert torch.allclose(r_pad, r_free, atol=1e-4)
+    # a padded batch of several rows through document attention without the unpadding is refused
+    policy = AutoModelForCausalLM.from_pretrained(assets["init"])
+    policy.set_attn_implementation(modeling.register_document_attention())
+    with pytest.raises(RuntimeError, match="padding-free batch"):
+        policy(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+    with modeling.UnpaddedBackbone(policy), pytest.raises(RuntimeError, match="right padding"):
+        policy(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"].flip(1))
+
+
+def test_runs_with_the_same_reference_and_pairs_share_one_reference_pass(assets, tmp_path):
+    """The stage's reference cache: a second trainer with the same init weights and pairs reads the
+    stored log-probs (exactly the computed ones, no forward pass); other weights are computed anew."""
+    from transformers import AutoModelForCausalLM
+
+    tok, cache = assets["tok"], tmp_path / "ref_cache"
+    cfg = _cfg()
+    rows = dpo.to_dpo_rows(assets["dsd"]["train_prefs"], "train_prefs", tok, cfg.max_prompt_length)
+
+    def precompute(model):
+        calls = []
+        model.get_input_embeddings().register_forward_pre_hook(lambda m, a: calls.append(1))
+        trainer = dpo.dpo_trainer_class(cache, unpadded=False)(
+            model=model, args=dpo.trl_args(cfg, tmp_path / "t", use_cpu=True, eval_strategy="no"),
+            train_dataset=rows, processing_class=tok)
+        return [trainer.train_dataset[i]["ref_chosen_logps"] for i in range(len(rows))], len(calls)
+
+    first, n_first = precompute(AutoModelForCausalLM.from_pretrained(assets["init"]))
+    second, n_second = precompute(AutoModelForCausalLM.from_pretrained(assets["init"]))
+    assert n_first > 0 and n_second == 0 and first == second
+    assert len(list(cache.glob("*.json"))) == 1
+    other = AutoModelForCausalLM.from_pretrained(assets["init"])
+    with torch.no_grad():
+        other.get_input_embeddings().weight.mul_(1.5)
+    third, n_third = precompute(other)
+    assert n_third > 0 and third != first and len(list(cache.glob("*.json"))) == 2
+    next(cache.glob("*.json")).write_text("{")  # a damaged file is computed again
+    again, n_again = precompute(AutoModelForCausalLM.from_pretrained(assets["init"]))
+    assert again == first
+
+
 # ---- arguments and data -------------------------------------------------------------------------
 
 def test_trl_args_paper_values(tmp_path):
@@ -217,6 +296,15 @@ def test_train_two_epochs(assets):
     assert all(torch.equal(w2[k], wf[k]) for k in wf)
     w1 = AutoModelForCausalLM.from_pretrained(out / "epoch-1").state_dict()
     assert not all(torch.equal(w1[k], wf[k]) for k in wf)
+    # the reference log-probs it returns (the on-policy diagnostic's input) are the init policy's,
+    # in train_prefs order, with the prompt cut as DPO sees it
+    init = AutoModelForCausalLM.from_pretrained(assets["init"]).eval()
+    rows = dpo.to_dpo_rows(assets["dsd"]["train_prefs"], "train_prefs", assets["tok"], _cfg().max_prompt_length)
+    assert len(res["ref_logps"]["chosen"]) == len(res["ref_logps"]["rejected"]) == 24
+    for i in (0, 7, 23):
+        for side in ("chosen", "rejected"):
+            direct = dpo.sequence_logps(init, assets["tok"], rows[i]["prompt"], rows[i][side][0], _cfg().max_length)
+            assert res["ref_logps"][side][i] == pytest.approx(float(direct), abs=1e-3)
     print(f"2-epoch tiny DPO run: {elapsed:.1f}s")
 
 

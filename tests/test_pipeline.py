@@ -76,6 +76,19 @@ def test_rerun_is_cached_and_a_forced_eval_makes_no_judge_calls(site):
     assert stats["calls"] == 0 and stats["cache_hits"] > 0
 
 
+def test_the_benchs_unchanged_rerun_measures_a_complete_store(site):
+    """`bench`'s rerun measurement on the complete smoke store: every run served from it, no
+    training step, no judge call (and the numbers come from the runner's own output)."""
+    site, env, _ = site
+    code = "import json; from zephyr_lib import bench; print(json.dumps(bench.bench_rerun('smoke')))"
+    p = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0, p.stderr[-2000:]
+    r = json.loads(p.stdout.strip().splitlines()[-1])
+    assert r["measured"] is True, r
+    assert r["runs_cached"] == 11 and r["runs_executed"] == [] and r["training_steps"] == 0 and r["judge_calls"] == 0
+    assert 0 < r["wall_s"] < 600
+
+
 def test_the_book_builds_strictly(site):
     site, env, _ = site
     p = subprocess.run([sys.executable, "-m", "zephyr_lib", "book", "--profile", "smoke"], cwd=REPO, env=env,

@@ -38,6 +38,11 @@ Choices made here, on TRL 1.16 / transformers 5:
   epoch (Figure 3: MT-Bench vs DPO epochs); existing epoch folders are kept on resume, and one
   missed because the run was killed between the epoch's last checkpoint and the epoch end is
   written when training resumes at that boundary. The final model goes to ``out/model``.
+* **No padding** (``padding_free``, on by default in the toy profile): TRL pads each batch's
+  chosen and rejected sequences to the longest; :class:`~zephyr_lib.modeling.UnpaddedBackbone`
+  runs the model on the real tokens only (one row, attention inside each sequence) and hands
+  TRL the padded shapes back: the same log-probs within float rounding, for less work. TRL
+  1.16's own ``padding_free`` for DPO is disabled upstream.
 * **Several processes** (``zephyr_lib.launch``: DDP, ZeRO-3, FSDP): the in-memory preference data
   is written once to ``out/prefs_cache`` so every rank finds TRL's cached reference log-probs
   (:func:`shared_on_disk`; removed after training). ``use_peft`` trains LoRA adapters instead
@@ -52,6 +57,7 @@ Run it through the runner (``python -m zephyr_lib run --profile toy --stages dpo
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 from pathlib import Path
@@ -63,7 +69,7 @@ from transformers import TrainerCallback
 
 from .stages.dpo import DPOConfig
 from .io import DataError
-from .modeling import last_checkpoint, weights_source
+from .modeling import UnpaddedBackbone, last_checkpoint, weights_source
 from .sft import final_eval, lora_setup, save_final
 
 ROLES = ("system", "user", "assistant")
@@ -357,18 +363,73 @@ class EpochSaver(TrainerCallback):
             self.save(state, k)
 
 
+REF_COLUMNS = ("ref_chosen_logps", "ref_rejected_logps")
+
+
+def ref_logps_key(model_hash: str, dataset, **settings: Any) -> str:
+    """Content address of a precomputed reference pass: the reference weights' hash, every pair's
+    token ids as TRL tokenized them, and the settings that shape the computation (batch size,
+    lengths, padding)."""
+    import hashlib
+    import json
+
+    ids = dataset.select_columns(["prompt_ids", "chosen_ids", "rejected_ids"]).to_dict()
+    h = hashlib.sha256(json.dumps([model_hash, sorted(settings.items()), ids], separators=(",", ":")).encode())
+    return h.hexdigest()[:24]
+
+
+def dpo_trainer_class(ref_cache: Path | None = None, **settings: Any):
+    """TRL's DPOTrainer, or (with ``ref_cache``) a subclass whose precomputed reference log-probs
+    are looked up by content (:func:`ref_logps_key`) in ``ref_cache`` before being computed.
+
+    The runs of a sweep that share a reference and pairs (the main run, its seeds, the 1-epoch
+    ablation) then run the reference pass once: the stored values are the computed ones exactly
+    (float32 through JSON), written atomically; a file that does not match the dataset is
+    recomputed. Only for a single process (several processes use TRL's own per-dataset cache)."""
+    from trl import DPOTrainer
+
+    if ref_cache is None:
+        return DPOTrainer
+
+    class CachedReferenceDPOTrainer(DPOTrainer):
+        def _precompute_ref_logps(self, dataset, name, batch_size):
+            import datasets
+
+            from .io import DataError, read_json, write_json
+
+            if self.accelerator.num_processes > 1:
+                return super()._precompute_ref_logps(dataset, name, batch_size)
+            key = ref_logps_key(self._precompute_model_hash, dataset, batch_size=batch_size,
+                                max_length=self.args.max_length, truncation_mode=self.args.truncation_mode,
+                                ld_alpha=self.ld_alpha, **settings)
+            file = Path(ref_cache) / f"{key}.json"
+            try:
+                cached = read_json(file) if file.is_file() else None
+            except (DataError, OSError):
+                cached = None  # unreadable: computed again and rewritten
+            if not (isinstance(cached, dict) and all(len(cached.get(c) or []) == len(dataset) for c in REF_COLUMNS)):
+                done = super()._precompute_ref_logps(dataset, name, batch_size)
+                write_json(file, {c: [float(x) for x in done[c]] for c in REF_COLUMNS})
+                return done
+            features = datasets.Features({c: datasets.Value("float32") for c in REF_COLUMNS})
+            stored = datasets.Dataset.from_dict({c: cached[c] for c in REF_COLUMNS}, features=features)
+            return datasets.concatenate_datasets([dataset, stored], axis=1)
+
+    return CachedReferenceDPOTrainer
+
+
 def train(cfg: DPOConfig, init: Path | str, data: Path | str, out: Path, *, callbacks: Sequence = (),
-          trl_overrides: dict | None = None) -> dict:
+          trl_overrides: dict | None = None, ref_cache: Path | None = None) -> dict:
     """DPO-train the model at `init` on the preference data at `data`; write out/checkpoints,
     out/epoch-<k> (when ``save_per_epoch``) and out/model.
 
-    Returns {"log_history", "steps", "n_train", "n_test", "global_batch_size",
-    "n_prompts_truncated", and the final eval metrics ("eval_loss", "eval_rewards/accuracies",
-    ...)}. ``callbacks`` / ``trl_overrides`` are for tests and experiments.
+    Returns {"log_history", "steps", "ref_logps" (the precomputed reference log-probs of every
+    training pair, in train_prefs order: {"chosen": [...], "rejected": [...]}), "n_train",
+    "n_test", "global_batch_size", "n_prompts_truncated", and the final eval metrics ("eval_loss", "eval_rewards/accuracies",
+    ...)}. ``callbacks`` / ``trl_overrides`` are for tests and experiments; ``ref_cache`` is a
+    folder of precomputed reference log-probs shared between runs (:func:`dpo_trainer_class`).
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
-    from trl import DPOTrainer
-
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     tok = AutoTokenizer.from_pretrained(init)  # the tokenizer always lives in the local init folder
@@ -385,19 +446,24 @@ def train(cfg: DPOConfig, init: Path | str, data: Path | str, out: Path, *, call
     peft_config, model_kwargs = lora_setup(cfg)
     model = AutoModelForCausalLM.from_pretrained(source, dtype="auto", **model_kwargs, **source_kwargs)
     saver = EpochSaver(out)
-    trainer = DPOTrainer(model=model, ref_model=None, args=args, train_dataset=prefs["train"],
-                         eval_dataset=prefs["test"], processing_class=tok,
-                         callbacks=([saver] if cfg.save_per_epoch else []) + list(callbacks),
-                         **({"peft_config": peft_config} if peft_config is not None else {}))
-    saver.trainer = trainer
-    trainer.train(resume_from_checkpoint=last_checkpoint(out / "checkpoints"))
-    final = final_eval(trainer)  # the Trainer's own evaluation after the last step, not a second one
+    # The reference log-probs are precomputed while the trainer is built: unpadded from there on.
+    with (UnpaddedBackbone(model) if cfg.padding_free else contextlib.nullcontext()):
+        trainer_class = dpo_trainer_class(ref_cache, unpadded=cfg.padding_free)
+        trainer = trainer_class(model=model, ref_model=None, args=args, train_dataset=prefs["train"],
+                             eval_dataset=prefs["test"], processing_class=tok,
+                             callbacks=([saver] if cfg.save_per_epoch else []) + list(callbacks),
+                             **({"peft_config": peft_config} if peft_config is not None else {}))
+        saver.trainer = trainer
+        trainer.train(resume_from_checkpoint=last_checkpoint(out / "checkpoints"))
+        final = final_eval(trainer)  # the Trainer's own evaluation after the last step, not a second one
     save_final(trainer, cfg, tok, init, out)
     if args.world_size > 1:
         trainer.accelerator.wait_for_everyone()
         if trainer.is_world_process_zero():
             shutil.rmtree(out / "prefs_cache", ignore_errors=True)
+    ref = trainer.train_dataset  # with the reference log-probs TRL precomputed (the init policy's)
     return {"log_history": trainer.state.log_history, "steps": trainer.state.global_step,
+            "ref_logps": {side: [float(x) for x in ref[f"ref_{side}_logps"]] for side in ("chosen", "rejected")},
             "n_train": len(trainer.train_dataset), "n_test": len(trainer.eval_dataset),
             "global_batch_size": cfg.global_batch_size, "n_prompts_truncated": prefs["n_prompts_truncated"],
             **{k: v for k, v in final.items() if k.startswith("eval_")}}

@@ -335,16 +335,17 @@ def _run_logged(stage: str, cmd: list[str], log_path: Path, what: str) -> None:
 
 
 def train_stage(stage: str, cfg: Any, init: str | Path, data: str | Path, out: str | Path,
-                log: str | Path | None = None, cluster: Cluster | None = None) -> dict:
+                log: str | Path | None = None, cluster: Cluster | None = None, **in_process: Any) -> dict:
     """Train ``stage`` ('sft' or 'dpo'): in-process, or under ``accelerate launch`` when
     ``cfg.num_processes > 1`` or ``cfg.accelerate_config`` is set. Returns the stage's result
     dict either way. ``log`` is the launcher's log file (default ``out/launch.log``). ``cluster``
     defaults to :func:`cluster_for` (the config and this node's environment); this function is the
-    main node's part, the other nodes run :func:`follow`."""
+    main node's part, the other nodes run :func:`follow`. ``in_process`` are extra keyword
+    arguments of the stage's ``train`` for the in-process path (the launched one does without)."""
     _check_stage(stage)
     out = Path(out)
     if not needs_launcher(cfg):
-        return _stage_train(stage)(cfg, init, data, out)
+        return _stage_train(stage)(cfg, init, data, out, **in_process)
 
     cluster = cluster or cluster_for(cfg)
     check_topology(stage, cfg, _gpu_count(), cluster.num_machines)

@@ -328,3 +328,62 @@ def register_document_attention() -> str:
 
     AttentionInterface.register(DOCUMENT_ATTENTION, document_sdpa)
     return DOCUMENT_ATTENTION
+
+
+class UnpaddedBackbone:
+    """Run a causal LM's backbone on right-padded batches without computing their padding.
+
+    ``with UnpaddedBackbone(model): ...`` patches the backbone (``model.get_decoder()``) so that a
+    batch ``[B, L]`` with a right-padding ``attention_mask`` is run as one padding-free row of its
+    real tokens (positions restarting at 0 per sequence, attention kept inside each sequence by
+    :func:`document_sdpa`), and its hidden states are scattered back to ``[B, L, H]`` (zeros at the
+    padding). Everything above the backbone (the LM head, TRL's log-probs and loss) sees the
+    padded shapes it expects, so this wraps TRL's DPOTrainer without touching it: the same
+    sequence log-probs within float rounding (tests/test_dpo.py), for the work of the real
+    tokens only. TRL 1.16 disables DPO's own ``padding_free``; this is the same idea one level
+    down. On exit the backbone's forward and the attention implementation are restored (the
+    saved model decodes with the standard kernel). Left padding, a cache or ``inputs_embeds``
+    are refused: the patch is for training and scoring, not for generation.
+    """
+
+    def __init__(self, model):
+        self.model = model
+        self.backbone = model.get_decoder()
+
+    def __enter__(self):
+        import types
+
+        original = self.backbone.forward
+        self._restore = ("forward" in vars(self.backbone), original, self.model.config._attn_implementation)
+
+        def forward(backbone, input_ids=None, attention_mask=None, position_ids=None, **kwargs):
+            if input_ids is None or kwargs.get("inputs_embeds") is not None or kwargs.get("past_key_values") is not None:
+                raise RuntimeError("UnpaddedBackbone runs token batches for training and scoring, "
+                                   "not inputs_embeds or decoding with a cache")
+            b, n = input_ids.shape
+            mask = (torch.ones_like(input_ids, dtype=torch.bool) if attention_mask is None
+                    else attention_mask.to(torch.bool))
+            lengths = mask.sum(dim=1)
+            if not torch.equal(mask, torch.arange(n, device=mask.device)[None, :] < lengths[:, None]):
+                raise RuntimeError("UnpaddedBackbone needs right padding (each row's mask: ones, then zeros)")
+            cu = torch.zeros(b + 1, dtype=torch.int32, device=input_ids.device)
+            cu[1:] = lengths.cumsum(0)
+            pos = torch.cat([torch.arange(int(k), device=input_ids.device) for k in lengths])[None, :]
+            out = original(input_ids=input_ids[mask][None, :], position_ids=pos, cu_seq_lens_q=cu, cu_seq_lens_k=cu,
+                           max_length_q=int(lengths.max()), max_length_k=int(lengths.max()), **kwargs)
+            h = out.last_hidden_state[0]
+            out.last_hidden_state = h.new_zeros(b, n, h.shape[-1]).masked_scatter(mask[..., None], h)
+            return out
+
+        self.backbone.forward = types.MethodType(forward, self.backbone)
+        self.model.set_attn_implementation(register_document_attention())
+        return self.model
+
+    def __exit__(self, *exc):
+        patched_before, original, attention = self._restore
+        if patched_before:
+            self.backbone.forward = original
+        else:
+            del self.backbone.forward
+        self.model.set_attn_implementation(attention)
+        return False

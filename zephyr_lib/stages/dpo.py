@@ -36,8 +36,9 @@ class DPOConfig(TrainingConfig):
                               "adamw_8bit", "paged_adamw_8bit", "paged_adamw_32bit"))
     logging_steps: int = opt(5, "Log every N steps.", ge=1)
     eval_steps: int = opt(20, "Evaluate on test_prefs every N steps.", ge=1)
+    padding_free: bool = opt(True, "Run the model on each batch's real tokens only (zephyr_lib.modeling.UnpaddedBackbone: one row, attention inside each sequence): the padded batch's log-probs within float rounding, without computing padding.", hash_omit_default=True)
     save_per_epoch: bool = opt(True, "Save a model after every epoch (Figure 3: MT-Bench vs epochs).")
-    diagnose_pairs: int = opt(256, "Training pairs on which the starting policy's log-probs of the chosen and rejected answers are measured, per pool member (how on-policy the pairs are; 0 = off).", ge=0, hash_omit_default=True)
+    diagnose_pairs: int = opt(256, "Training pairs whose starting-policy log-probs of the chosen and rejected answers (the precomputed reference's) are averaged per pool member (how on-policy the pairs are; 0 = off).", ge=0, hash_omit_default=True)
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -46,49 +47,47 @@ class DPOConfig(TrainingConfig):
 
 
 def build(ctx, out: Path) -> dict:
-    from ..io import write_json
-
-    on_policy = on_policy_diagnostics(ctx)
-    metrics = train_and_probe(ctx, out, probe_seed=20_000)
-    if on_policy:
-        metrics["on_policy"] = on_policy
-        write_json(out / "metrics.json", metrics)
-    return metrics
+    # Runs with the same reference and pairs (seeds, the 1-epoch ablation) share one reference pass.
+    return train_and_probe(ctx, out, probe_seed=20_000, after=lambda res: on_policy_diagnostics(ctx, res),
+                           ref_cache=ctx.root / ctx.profile.name / "ref_logps_cache")
 
 
-def on_policy_diagnostics(ctx) -> dict:
-    """How on-policy the preference pairs are: the starting policy's mean log π(y|x) of the chosen and
-    of the rejected answers, by the pool member that wrote them (needs the aif run's pair_members.jsonl)."""
+def on_policy_diagnostics(ctx, res: dict) -> dict:
+    """How on-policy the preference pairs are: the starting policy's mean log π(y|x) of the chosen
+    and of the rejected answers, by the pool member that wrote them (needs the aif run's
+    pair_members.jsonl). These are the reference log-probs TRL precomputed for every training
+    pair (the reference is the ``init`` policy, tokenized and truncated as DPO sees the pair), so
+    the diagnostic costs no forward pass; ``diagnose_pairs`` of them, sampled with the run's seed."""
     import random
 
     from datasets import load_from_disk
 
-    from .. import dpo as D
     from ..config import ref_run
     from ..feedback import prompt_id
     from ..io import read_jsonl
-    from ..modeling import load_model
 
     cfg = ctx.cfg
+    ref = res.pop("ref_logps", None)
     members_file = ctx.upstream(ref_run(cfg.data)).dir / "pair_members.jsonl"
-    if not cfg.diagnose_pairs or not members_file.exists():
+    if not cfg.diagnose_pairs or not ref or not members_file.exists():
         return {}
     who = {m["prompt_id"]: m for m in read_jsonl(members_file)}
     train = load_from_disk(str(ctx.resolve(cfg.data)))["train_prefs"]
+    if len(train) != len(ref["chosen"]):
+        raise RuntimeError(f"{ctx.resolve(cfg.data)}: {len(train)} train_prefs rows but {len(ref['chosen'])} "
+                           "reference log-probs (TRL dropped pairs?)")
     idx = sorted(random.Random(cfg.seed).sample(range(len(train)), min(cfg.diagnose_pairs, len(train))))
-    model, tok = load_model(ctx.resolve(cfg.init), device="cpu" if not cfg.bf16 else "auto")
     sums: dict[str, dict[str, list[float]]] = {}
     for i in idx:
         row = train[i]
         m = who.get(row.get("prompt_id") or prompt_id(row["prompt"]))
         if m is None:
             continue
-        prompt = row["chosen"][:-1]
         for side in ("chosen", "rejected"):
-            lp = float(D.sequence_logps(model, tok, prompt, row[side][-1], max_length=cfg.max_length))
-            sums.setdefault(m[f"{side}_model"], {"chosen": [], "rejected": []})[side].append(lp)
-    return {member: {f"{side}_logp": (sum(v) / len(v) if v else None) for side, v in d.items()}
-            | {f"n_{side}": len(v) for side, v in d.items()} for member, d in sums.items()}
+            sums.setdefault(m[f"{side}_model"], {"chosen": [], "rejected": []})[side].append(ref[side][i])
+    on_policy = {member: {f"{side}_logp": (sum(v) / len(v) if v else None) for side, v in d.items()}
+                 | {f"n_{side}": len(v) for side, v in d.items()} for member, d in sums.items()}
+    return {"on_policy": on_policy} if on_policy else {}
 
 
 STAGE = Stage("dpo", DPOConfig, notebook="04_dpo", artifact="model", build=build, resumable=True, trainer=True)

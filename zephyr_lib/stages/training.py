@@ -97,18 +97,21 @@ def held_out_before_after(ctx, init, trained: Path, seed: int, prefix: str, n: i
     return rows, metrics
 
 
-def train_and_probe(ctx, out: Path, probe_seed: int) -> dict:
+def train_and_probe(ctx, out: Path, probe_seed: int, after=None, **in_process) -> dict:
     """Train the run's stage (``launch.train_stage``), then probe the model before and after on
-    held-out prompts; writes log_history.jsonl, samples.jsonl and metrics.json."""
+    held-out prompts; writes log_history.jsonl, samples.jsonl and metrics.json. ``after(result)``,
+    if given, turns the training result into more metrics (it may pop what it uses);
+    ``in_process`` goes to the stage's ``train`` when it runs in this process."""
     from .. import launch, modeling
 
     modeling.set_threads()
     cfg, stage = ctx.cfg, ctx.run.stage
     init, data = ctx.resolve(cfg.init), ctx.resolve(cfg.data)
-    res = launch.train_stage(stage, cfg, init, data, out)  # in-process, or accelerate launch for >1 process
+    res = launch.train_stage(stage, cfg, init, data, out, **in_process)  # in-process, or accelerate launch for >1 process
     write_jsonl(out / "log_history.jsonl", res.pop("log_history"))
+    extra = after(res) if after else {}
     rows, held_out = held_out_before_after(ctx, init, out / "model", seed=probe_seed + cfg.seed, prefix=f"{stage}probe")
-    metrics = {**res, **held_out}
+    metrics = {**res, **held_out, **extra}
     write_jsonl(out / "samples.jsonl", rows)
     write_json(out / "metrics.json", metrics)
     return metrics
