@@ -2,6 +2,8 @@
 #   make book   # set up .venv, run the pipeline (PROFILE=toy by default), build the book into _build/html
 #   make test   # set up .venv, run the test suite
 PROFILE ?= toy
+# JOBS: runs executed at once (default: 2 on a CPU-only machine with 2+ cores, else 1)
+JOBS ?=
 PYTHON ?= python3.11
 VENV := .venv
 PY := $(VENV)/bin/python
@@ -25,7 +27,7 @@ $(STAMP): requirements.txt pyproject.toml
 	touch $(STAMP)
 
 pipeline: setup
-	$(PY) -m zephyr_lib run --profile $(PROFILE)
+	$(PY) -m zephyr_lib run --profile $(PROFILE) $(if $(JOBS),--jobs $(JOBS))
 
 build-book: setup
 	$(PY) -m zephyr_lib book --profile $(PROFILE)

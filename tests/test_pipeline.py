@@ -89,6 +89,32 @@ def test_the_benchs_unchanged_rerun_measures_a_complete_store(site):
     assert 0 < r["wall_s"] < 600
 
 
+def test_the_plans_compute_floor_counts_every_training_token(site):
+    """`bench`'s compute floor on the complete smoke store: every base/sft/dpo run, its training
+    tokens as TRL trains them (checked here for dSFT from the data itself), FLOPs / rate = time."""
+    site, env, _ = site
+    code = "import json; from zephyr_lib import bench; print(json.dumps(bench.plan_floor('smoke', 1e11)))"
+    p = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0, p.stderr[-2000:]
+    f = json.loads(p.stdout.strip().splitlines()[-1])
+    assert f["measured"] is True
+    runs = {r["run"]: r for r in f["runs"]}
+    assert {"base", "sft", "dpo", "dpo_base", "sft2"} <= set(runs) and "eval" not in runs
+    assert f["flops"] == pytest.approx(sum(r["flops"] for r in f["runs"])) and f["floor_s"] == pytest.approx(f["flops"] / 1e11)
+    from datasets import load_from_disk
+    from transformers import AutoTokenizer
+
+    from zephyr_lib.config import load_profile
+
+    cfg = load_profile("smoke").runs["sft"].config
+    tok = AutoTokenizer.from_pretrained(run_dir(site, "base") / "model")
+    train = load_from_disk(str(run_dir(site, "curate") / "beta"))["train_sft"]
+    lengths = [min(cfg.max_length, len(tok.apply_chat_template(m, tokenize=True, return_dict=True)["input_ids"]))
+               for m in train["messages"]]
+    assert runs["sft"]["train_tokens"] == sum(lengths) * cfg.num_train_epochs
+    assert runs["dpo"]["train_tokens"] > 0 and runs["dpo"]["flops"] > 0
+
+
 def test_the_book_builds_strictly(site):
     site, env, _ = site
     p = subprocess.run([sys.executable, "-m", "zephyr_lib", "book", "--profile", "smoke"], cwd=REPO, env=env,

@@ -33,6 +33,9 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--stages", default="", help="comma-separated runs or stages (and what they need)")
     r.add_argument("--force", action="store_true", help="rerun even if a complete run exists")
     r.add_argument("--timeout", type=float, default=None, help="time limit per stage, seconds")
+    r.add_argument("--jobs", type=int, default=None,
+                   help="runs executed at once, each with its share of the CPU threads (default: 2 on a "
+                        "CPU-only machine with 2+ cores, else 1)")
     r.add_argument("--dry-run", action="store_true",
                    help="print every run's resolved config and the exact launch commands per node; train nothing")
     r.add_argument("--gpus-per-node", type=int, default=8, help="--dry-run: GPUs per machine (default 8)")
@@ -78,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
             from .runner import StageFailed, run_pipeline
             stages = [x.strip() for x in a.stages.split(",") if x.strip()] or None
             try:
-                return run_pipeline(a.profile, stages, a.sets, a.force, a.timeout)
+                return run_pipeline(a.profile, stages, a.sets, a.force, a.timeout, jobs=a.jobs)
             except (StageFailed, StoreError) as e:
                 print(f"error: {e}", file=sys.stderr)
                 return 1

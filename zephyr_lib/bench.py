@@ -389,6 +389,90 @@ def bench_rerun(profile: str) -> dict:
             "runs_executed": sorted(parsed["executed"]), "training_steps": steps, "judge_calls": calls}
 
 
+def plan_floor(profile: str, rate: float) -> dict:
+    """The profile's training compute, counted from the stored runs, and the time it needs at
+    ``rate`` FLOP/s (the measured fp32 matmul rate): a lower bound on any implementation's time
+    for the plan on this machine, whatever it does about padding, caching or threads.
+
+    Counted, per trained run: every training token (6·N + 12·L·d·T model FLOPs, as the pretraining
+    measurement; T = the run's mean sequence length), the in-training evaluations (forward only:
+    a third of that), and dDPO's reference pass (forward, once per reference and pairs: runs that
+    share them share it). Not counted (so the bound is low): generation (AI-feedback pool, held-out
+    probes, benchmark answers), lm-eval's log-likelihoods, tokenization, judging and start-up.
+    Needs every base/sft/dpo run of the profile complete in the store; otherwise "measured": False.
+    """
+    from transformers import AutoConfig, AutoTokenizer
+
+    from . import dpo as D
+    from .config import load_profile, ref_run
+    from .io import read_jsonl
+    from .sft import load_sft_data
+    from .store import context
+
+    prof = load_profile(profile)
+    runs = [r for r in prof.order() if r.stage in ("base", "sft", "dpo")]
+    missing = [r.name for r in runs if not context(prof, r.name).complete]
+    if missing:
+        return {"measured": False, "reason": f"runs not complete in the store: {', '.join(missing)}"}
+    lengths_cache: dict = {}
+    ref_passes: set = set()
+    rows, total = [], 0.0
+
+    def per_token(cfg_dir, mean_len: float) -> float:
+        mc = AutoConfig.from_pretrained(cfg_dir)
+        n = (mc.vocab_size * mc.hidden_size + mc.num_hidden_layers * (
+            2 * mc.hidden_size * mc.hidden_size
+            + 2 * mc.hidden_size * mc.num_key_value_heads * (mc.hidden_size // mc.num_attention_heads)
+            + 3 * mc.hidden_size * mc.intermediate_size))
+        return flops_per_token(mc, mean_len, n)
+
+    for run in runs:
+        ctx = context(prof, run.name)
+        cfg, m = ctx.cfg, ctx.metrics()
+        if run.stage == "base":
+            if getattr(cfg, "pretrained", ""):
+                continue
+            tokens = m["n_train_tokens"] * cfg.num_train_epochs
+            flops = per_token(ctx.dir / "model", cfg.seq_len) * tokens
+            rows.append({"run": run.name, "stage": "base", "train_tokens": tokens, "mean_length": cfg.seq_len,
+                         "flops": flops, "wall_s": ctx.manifest().get("wall_time_s")})
+            total += flops
+            continue
+        init, data = ctx.resolve(cfg.init), ctx.resolve(cfg.data)
+        tok = AutoTokenizer.from_pretrained(init)
+        key = (run.stage, str(data), str(init), cfg.max_length, getattr(cfg, "max_prompt_length", None),
+               getattr(cfg, "max_train_samples", 0))
+        if key not in lengths_cache:
+            if run.stage == "sft":
+                train, test = load_sft_data(data, cfg.max_train_samples)
+                tl = lambda msgs: min(cfg.max_length, len(tok.apply_chat_template(msgs, tokenize=True, return_dict=True)["input_ids"]))  # noqa: E731
+                lengths_cache[key] = ([tl(x) for x in train["messages"]], [tl(x) for x in test["messages"]])
+            else:
+                prefs = D.load_prefs(data, tok, cfg.max_prompt_length)
+
+                def pair(r):
+                    return [min(cfg.max_length, sum(map(len, D.completion_ids(tok, r["prompt"], r[s][0])))) for s in ("chosen", "rejected")]
+                lengths_cache[key] = ([x for r in prefs["train"] for x in pair(r)], [x for r in prefs["test"] for x in pair(r)])
+        train_lens, test_lens = lengths_cache[key]
+        mean_len = sum(train_lens) / max(1, len(train_lens))
+        f_tok = per_token(init, mean_len)
+        n_evals = sum(1 for e in read_jsonl(ctx.dir / "log_history.jsonl") if "eval_loss" in e)
+        train_tokens = sum(train_lens) * cfg.num_train_epochs
+        flops = f_tok * train_tokens + f_tok / 3 * sum(test_lens) * n_evals
+        if run.stage == "dpo":
+            ref_key = (prof.run_hash(ref_run(cfg.init)), key)
+            if ref_key not in ref_passes:  # one reference pass per reference and pairs (the stage's cache)
+                ref_passes.add(ref_key)
+                flops += f_tok / 3 * (sum(train_lens) + sum(test_lens))
+        rows.append({"run": run.name, "stage": run.stage, "train_tokens": train_tokens, "evals": n_evals,
+                     "mean_length": mean_len, "flops": flops, "wall_s": ctx.manifest().get("wall_time_s")})
+        total += flops
+    for r in rows:
+        r["floor_s"] = r["flops"] / rate
+    return {"measured": True, "rate": rate, "flops": total, "floor_s": total / rate, "runs": rows,
+            "not_counted": "generation, lm-eval log-likelihoods, tokenization, judging, start-up"}
+
+
 # ---- one measurement in its own process ----------------------------------------------------
 
 MEASUREMENTS = ("pretrain", "sft_ours", "sft_trl", "dpo_ours", "dpo_trl", "generate")
@@ -487,6 +571,7 @@ def run_bench(profile: str = "toy", repeats: int = 3, out: str | Path = "bench.j
         result["machine"].update({"torch": torch.__version__, "transformers": transformers.__version__,
                                   "trl": trl.__version__})
         result["rerun"] = bench_rerun(profile) if rerun else {"measured": False, "reason": "skipped (--no-rerun)"}
+        result["floor"] = plan_floor(profile, rate)
     finally:
         if tmp:
             tmp.cleanup()
@@ -586,7 +671,34 @@ def format_table(result: dict) -> str:
                  f"{m['torch_threads']} torch threads; baselines: TRL defaults / per-prompt generate loop)")
     if not result.get("rerun", {}).get("measured"):
         lines.append(f"unchanged rerun not measured: {result.get('rerun', {}).get('reason', '')}")
+    f = result.get("floor") or {}
+    if f.get("measured"):
+        wall = sum(r["wall_s"] or 0 for r in f["runs"])
+        lines.append(f"training compute of the plan: {f['flops'] / 1e12:.1f} TFLOP = {f['floor_s'] / 60:.1f} min at the matmul "
+                     f"rate; its runs took {wall / 60:.1f} min ({f['floor_s'] / wall:.0%} of the rate)")
     return "\n".join(lines)
+
+
+def floor_lines(f: dict) -> list[str]:
+    """The Performance page's section on the plan's compute floor (markdown lines)."""
+    if not f.get("measured"):
+        return ["", "### The plan's compute floor", "", f"Not measured: {f.get('reason', 'no store')}."]
+    wall = sum(r["wall_s"] or 0 for r in f["runs"])
+    lines = ["", "### The plan's compute floor", "",
+             f"The training runs of this profile's plan, counted from the store: every training token at "
+             f"6·N + 12·L·d·T model FLOPs, the in-training evaluations and dDPO's reference passes (forward, a "
+             f"third of that). In all {f['flops'] / 1e12:.1f} TFLOP, which take **{f['floor_s'] / 60:.1f} min** at "
+             f"the measured matmul rate ({f['rate'] / 1e9:.0f} GFLOP/s): no implementation of these runs can be "
+             f"faster on this machine. The runs took {wall / 60:.1f} min ({f['floor_s'] / wall:.0%} of the rate, "
+             f"notebook start-up, probes and checkpoints included). Not counted, so the floor is low: "
+             f"{f['not_counted']}.", "",
+             "| run | stage | training tokens | mean length | floor (s) | took (s) | share of the rate |",
+             "|---|---|---|---|---|---|---|"]
+    for r in f["runs"]:
+        took = r.get("wall_s") or 0
+        lines.append(f"| {r['run']} | {r['stage']} | {r['train_tokens']:,.0f} | {r['mean_length']:.0f} | "
+                     f"{r['floor_s']:.0f} | {took:.0f} | {(r['floor_s'] / took if took else 0):.0%} |")
+    return lines
 
 
 def ratio_chart_png(result: dict) -> bytes:
@@ -642,7 +754,8 @@ def write_performance_page(bench_json: str | Path, out_dir: str | Path) -> Path:
         lines += ["", f"Batched and per-prompt greedy generation differed on {n} answer(s) over all repeats "
                       "(float rounding under padding flips a near-tie argmax); see `bench.json`."]
     atomic_write_bytes(out_dir / GENERATED_PNG, ratio_chart_png(result))
-    lines += ["", f"![Speed ratios against their targets]({GENERATED_PNG})", ""]
+    lines += ["", f"![Speed ratios against their targets]({GENERATED_PNG})"]
+    lines += floor_lines(result.get("floor") or {"reason": "this bench.json predates the floor measurement"}) + [""]
     return atomic_write_text(out_dir / GENERATED_PAGE, "\n".join(lines))
 
 

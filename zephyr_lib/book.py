@@ -26,6 +26,7 @@ def provenance_markdown(profile) -> str:
     machine: dict = {}
     total = 0.0
     per_stage: dict[str, list[float]] = {}
+    spans: list[tuple[str, str]] = []
     for run in profile.order():
         ctx = context(profile, run.name)
         if not ctx.complete:
@@ -37,11 +38,23 @@ def provenance_markdown(profile) -> str:
         per_stage.setdefault(run.stage, []).append(man["wall_time_s"])
         ups = ", ".join(f"{k} `{v}`" for k, v in man["upstream"].items()) or "–"
         commit = (man["git"]["commit"] or "unknown")[:10] + (" (dirty)" if man["git"]["dirty"] else "")
-        rows.append(f"| {run.name} | {run.stage} | `{ctx.hash}` | {ups} | {man['wall_time_s']:.0f} s | "
+        threads = man["machine"].get("threads")
+        shared = threads is not None and threads < (man["machine"].get("cpus") or threads)
+        spans.append((man["start"], man["end"]))
+        note = f" ({threads} of {man['machine']['cpus']} threads)" if shared else ""
+        rows.append(f"| {run.name} | {run.stage} | `{ctx.hash}` | {ups} | {man['wall_time_s']:.0f} s{note} | "
                     f"{man['end']} | `{commit}` |")
     from .page import relative
+    span = ""
+    if spans:
+        import datetime as dt
+        elapsed = (max(dt.datetime.fromisoformat(e) for _, e in spans)
+                   - min(dt.datetime.fromisoformat(s) for s, _ in spans)).total_seconds()
+        span = (f" The runs spanned {elapsed / 60:.1f} min from the first start to the last end (runs executed "
+                f"side by side, `zephyr run --jobs`, share the CPU: their wall times overlap; pauses between "
+                f"builds count too).")
     out = [f"Profile **{profile.name}** (`{relative(profile.path)}`), {len(profile.runs)} runs, "
-           f"{total / 60:.1f} min of stage time in all.", "", *rows, ""]
+           f"{total / 60:.1f} min of stage time in all.{span}", "", *rows, ""]
     if per_stage:
         out += ["What each stage cost in this build (from the runs' manifests: the time of the build itself, "
                 "not of a cached rerun):", "", "| stage | runs | wall time | share |", "|---|---|---|---|",

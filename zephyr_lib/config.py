@@ -29,6 +29,7 @@ from typing import Any, Iterator
 
 import yaml
 
+THREADS_ENV = "ZEPHYR_THREADS"  # CPU threads a stage may use (set by the runner when runs execute at once)
 REPO = Path(__file__).resolve().parents[1]
 CONFIG_DIR = REPO / "configs"
 # A parameter NAME that means a credential. Words are separated by "_", "-" or "."; "token" counts

@@ -98,8 +98,12 @@ def prepare_hub_tokenizer(tok, name: str, *, bos: bool = True):
 
 
 def set_threads() -> None:
-    """Use every core for intra-op parallelism (the machines here have 2)."""
-    torch.set_num_threads(max(1, os.cpu_count() or 1))
+    """Use every core for intra-op parallelism (the machines here have 2), or the share the runner
+    gave this stage when several run at once (``ZEPHYR_THREADS``)."""
+    from .config import THREADS_ENV
+
+    share = os.environ.get(THREADS_ENV, "").strip()
+    torch.set_num_threads(int(share) if share.isdigit() and int(share) > 0 else max(1, os.cpu_count() or 1))
 
 
 def train_tokenizer(texts: list[str], vocab_size: int, out_dir: Path):

@@ -39,7 +39,8 @@ from pathlib import Path
 import nbformat
 import yaml
 
-from .config import REPO, Profile, check_secret_free, load_profile, parse_override, refuse_secret_names
+from .config import (REPO, THREADS_ENV, ConfigError, Profile, check_secret_free, load_profile, parse_override,
+                     refuse_secret_names)
 from .io import DataError, read_json
 from .stages import STAGES
 from .store import (BUILD_INFO, MANIFEST, RUNS_DIR, CorruptRunError, clean_debris, stage_resumes,
@@ -380,10 +381,12 @@ def _ignoring_signals():
 
 
 def execute_run(profile: Profile, run_name: str, overrides: dict, force: bool, timeout_s: float,
-                log_dir: Path) -> str:
+                log_dir: Path, threads: int | None = None, running: dict | None = None) -> str:
     """Execute one run's notebook; returns 'cached' or 'done'. Raises StageFailed, StoreError
     (the store could not be written: one line naming the path), or a KeyboardInterrupt after
-    stopping every process of the stage."""
+    stopping every process of the stage. ``threads``: the CPU threads the stage may use (when
+    several run at once); ``running``: a registry where the stage's process token and lock path
+    stay while it runs, for a caller that must stop it from another thread."""
     ctx = context(profile, run_name)
     dest = executed_path(profile, run_name)
     if not force:
@@ -410,7 +413,11 @@ def execute_run(profile: Profile, run_name: str, overrides: dict, force: bool, t
                "-k", "python3", "--cwd", str(REPO), "--log-output", "--no-progress-bar"]
         token = uuid.uuid4().hex
         env = {**os.environ, STAGE_TOKEN_ENV: token, "ZEPHYR_RUNNER_PID": str(os.getpid())}
+        if threads:
+            env.update({THREADS_ENV: str(threads), "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)})
         dog = start_watchdog(token)
+        if running is not None:
+            running[run_name] = (token, ctx.lock_path)
         try:
             proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env,
                                     start_new_session=True, text=True, errors="replace", bufsize=1)
@@ -434,6 +441,8 @@ def execute_run(profile: Profile, run_name: str, overrides: dict, force: bool, t
                 raise
         finally:
             close_watchdog(dog)
+            if running is not None:
+                running.pop(run_name, None)
         if rc != 0:
             readable = out.is_file() and out.stat().st_size > 0
             where = (_failing_cell(out) if readable
@@ -468,13 +477,95 @@ def _raise_interrupt(signum, frame):  # noqa: ARG001
     raise StageInterrupted(signum)
 
 
+def default_jobs() -> int:
+    """How many runs execute at once by default: 2 on a CPU-only machine with at least 2 cores
+    (two 1-thread stages do more work than one 2-thread stage: a small model's ops do not scale
+    to 2 threads; see the Performance page), else 1 (a GPU stage owns its GPUs)."""
+    import torch
+
+    return 1 if torch.cuda.is_available() or (os.cpu_count() or 1) < 2 else 2
+
+
+def _run_parallel(profile: Profile, plan: list, run_overrides, forced: set[str], timeout_s: float, log_dir: Path,
+                  jobs: int, echo, current: list) -> None:
+    """Execute the plan with up to ``jobs`` runs at once, each as soon as its upstream runs are done
+    (in plan order), each with its share of the CPU threads; a run that is the only one ready while
+    nothing runs (the base model, curation, the evaluation at the end) gets every core and runs
+    alone. A failure starts nothing new; the runs already going finish, then the first failure is
+    raised."""
+    from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+
+    names = {r.name for r in plan}
+    deps = {r.name: [u for u in r.upstream if u in names] for r in plan}
+    threads = max(1, (os.cpu_count() or 1) // jobs)
+    done: set[str] = set()
+    started: dict[str, tuple[str, float]] = {}
+    failure: BaseException | None = None
+    futures: dict = {}
+    running: dict[str, tuple[str, Path]] = {}  # run -> (process token, lock path) while its stage runs
+    exclusive = [False]  # the running run has every core: start nothing beside it
+    with ThreadPoolExecutor(max_workers=jobs) as pool:
+        try:
+            while True:
+                ready = [r for r in plan if r.name not in started and all(d in done for d in deps[r.name])]
+                # a run that is ready alone, with nothing running, gets every core and runs alone
+                alone = len(ready) == 1 and not futures
+                for run in ready if failure is None and not exclusive[0] else []:
+                    if len(futures) >= jobs:
+                        break
+                    tag = f"[{len(started) + 1}/{len(plan)}] {run.name} ({run.stage} @ {profile.run_hash(run.name)})"
+                    echo(f"{tag}: started", flush=True)
+                    started[run.name] = (tag, time.time())
+                    exclusive[0] = alone
+                    futures[pool.submit(execute_run, profile, run.name, run_overrides(run.name), run.name in forced,
+                                        timeout_s, log_dir, None if alone else threads, running)] = run.name
+                if not futures:
+                    break
+                finished, _ = wait(list(futures), return_when=FIRST_COMPLETED)
+                exclusive[0] = False if not set(futures) - set(finished) else exclusive[0]
+                for fut in finished:
+                    name = futures.pop(fut)
+                    tag, t0 = started[name]
+                    try:
+                        state = fut.result()
+                    except BaseException as e:  # noqa: BLE001 - re-raised once the others have finished
+                        echo(f"{tag}: failed", flush=True)
+                        failure = failure or e
+                        continue
+                    done.add(name)
+                    echo(f"{tag}: {'cached' if state == 'cached' else f'done in {time.time() - t0:.1f} s'}", flush=True)
+        except KeyboardInterrupt:  # the worker threads cannot be interrupted: stop their stages from here
+            saved = _ignoring_signals()
+            try:
+                current[:] = list(futures.values())
+                pending = list(futures)
+                while pending:  # a stage that was about to start registers a moment later: stop it too
+                    for token, lock_path in list(running.values()):
+                        stop_marked(token)
+                        _stop_lock_owner(lock_path)
+                    pending = list(wait(pending, timeout=1.0).not_done)
+            finally:
+                for sig, h in saved.items():
+                    signal.signal(sig, h)
+            raise
+    if failure is not None:
+        raise failure
+    missing = [r.name for r in plan if r.name not in done]
+    if missing:
+        raise StageFailed(f"runs never became ready (their upstream runs are not in the plan?): {', '.join(missing)}")
+
+
 def run_pipeline(profile_name: str, stages: list[str] | None = None, sets: list[str] | None = None,
-                 force: bool = False, timeout_s: float | None = None, echo=print) -> int:
-    """Validate everything first, then execute the plan in dependency order.
+                 force: bool = False, timeout_s: float | None = None, echo=print, jobs: int | None = None) -> int:
+    """Validate everything first, then execute the plan in dependency order (``jobs`` runs at once:
+    default :func:`default_jobs`).
 
     Returns 0, or 128 + the signal number when SIGINT/SIGTERM stopped it (after stopping the
-    stage's processes and saying what was kept). Raises StageFailed, StoreError, ConfigError."""
+    stages' processes and saying what was kept). Raises StageFailed, StoreError, ConfigError."""
+    if jobs is not None and jobs < 1:
+        raise ConfigError(f"--jobs must be at least 1, got {jobs}")
     profile = load_profile(profile_name, sets)  # raises ConfigError before any work
+    jobs = default_jobs() if jobs is None else jobs
     check_secret_free(profile)                  # *_api_key_env hold names, no value looks like a key
     overrides: dict[str, dict] = {}
     for text in sets or []:
@@ -497,23 +588,30 @@ def run_pipeline(profile_name: str, stages: list[str] | None = None, sets: list[
         for sig in (signal.SIGINT, signal.SIGTERM):
             handlers[sig] = signal.signal(sig, _raise_interrupt)
     t_all = time.time()
-    current = None
+
+    def run_overrides(name: str) -> dict:
+        return {**{f"{r}.{k}": v for r, kv in overrides.items() if r != name for k, v in kv.items()},
+                **overrides.get(name, {})}
+
+    current: list[str] = []
     try:
-        for i, run in enumerate(plan, 1):
-            current = run.name
-            tag = f"[{i}/{len(plan)}] {run.name} ({run.stage} @ {profile.run_hash(run.name)})"
-            echo(f"{tag}: started", flush=True)
-            t0 = time.time()
-            mine = {**{f"{r}.{k}": v for r, kv in overrides.items() if r != run.name for k, v in kv.items()},
-                    **overrides.get(run.name, {})}
-            state = execute_run(profile, run.name, mine, run.name in forced, timeout_s, log_dir)
-            echo(f"{tag}: {'cached' if state == 'cached' else f'done in {time.time() - t0:.1f} s'}", flush=True)
+        if jobs == 1:
+            for i, run in enumerate(plan, 1):
+                current = [run.name]
+                tag = f"[{i}/{len(plan)}] {run.name} ({run.stage} @ {profile.run_hash(run.name)})"
+                echo(f"{tag}: started", flush=True)
+                t0 = time.time()
+                state = execute_run(profile, run.name, run_overrides(run.name), run.name in forced, timeout_s, log_dir)
+                echo(f"{tag}: {'cached' if state == 'cached' else f'done in {time.time() - t0:.1f} s'}", flush=True)
+        else:
+            _run_parallel(profile, plan, run_overrides, forced, timeout_s, log_dir, jobs, echo, current)
     except KeyboardInterrupt as e:
         signum = getattr(e, "signum", signal.SIGINT)
         for sig in handlers:  # a second Ctrl-C while reporting must not leave a traceback
             signal.signal(sig, signal.SIG_IGN)
-        kept = _kept_message(profile, current) if current else "nothing had started"
-        echo(f"interrupted by {signal.Signals(signum).name}: stopped run {current!r} and every process it "
+        kept = "; ".join(_kept_message(profile, r) for r in current) if current else "nothing had started"
+        names = ", ".join(repr(r) for r in current) or "nothing"
+        echo(f"interrupted by {signal.Signals(signum).name}: stopped run {names} and every process it "
              f"started; {kept}", flush=True)
         return 128 + signum
     finally:

@@ -43,7 +43,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from .config import REPO, ConfigError, Profile, Run, TOY_AGENTS, load_profile, ref_run
+from .config import REPO, THREADS_ENV, ConfigError, Profile, Run, TOY_AGENTS, load_profile, ref_run
 from .io import DataError, read_json, sha256_file, write_json
 
 RUNS_DIR = Path(os.environ.get("ZEPHYR_RUNS_DIR", REPO / "runs"))
@@ -412,7 +412,8 @@ class RunContext:
                     "seed": getattr(self.cfg, "seed", None),
                     "git": git_state(),
                     "packages": package_versions(),
-                    "machine": {"platform": platform.platform(), "cpus": os.cpu_count()},
+                    "machine": {"platform": platform.platform(), "cpus": os.cpu_count(),
+                                "threads": _int_env(THREADS_ENV) or os.cpu_count()},  # less: ran beside another run
                     "start": dt.datetime.fromtimestamp(start, dt.timezone.utc).isoformat(timespec="seconds"),
                     "end": dt.datetime.fromtimestamp(end, dt.timezone.utc).isoformat(timespec="seconds"),
                     "wall_time_s": round(end - start, 2),
