@@ -80,3 +80,17 @@ def test_a_failure_starts_nothing_new_lets_the_running_finish_and_is_raised(monk
 def test_one_job_is_refused_below_one(monkeypatch):
     with pytest.raises(runner.ConfigError, match="--jobs must be at least 1"):
         runner.run_pipeline("smoke", jobs=0)
+
+
+def test_a_stage_marked_alone_waits_for_a_free_machine_and_runs_by_itself(monkeypatch):
+    """base and eval are marked ``alone``: base goes first with every core although curate is ready
+    too, and nothing starts beside it."""
+    deps = {"base": [], "curate": [], "sft": ["base", "curate"], "eval": ["sft"]}
+    plan = [SimpleNamespace(name=n, stage=n if n in ("base", "curate", "sft", "eval") else "x", upstream=u)
+            for n, u in deps.items()]
+    fake = _Fake()
+    monkeypatch.setattr(runner, "execute_run", fake)
+    runner._run_parallel(SimpleNamespace(run_hash=lambda n: "0" * 12), plan, lambda n: {}, set(), 60.0, None, 2,
+                         lambda msg, flush=True: None, [])
+    assert fake.threads["base"] is None and fake.t("curate", "start") >= fake.t("base", "end")
+    assert fake.threads["eval"] is None and fake.peak == 1

@@ -486,12 +486,17 @@ def default_jobs() -> int:
     return 1 if torch.cuda.is_available() or (os.cpu_count() or 1) < 2 else 2
 
 
+def _runs_alone(run) -> bool:
+    stage = STAGES.get(run.stage)
+    return bool(stage and stage.alone)
+
+
 def _run_parallel(profile: Profile, plan: list, run_overrides, forced: set[str], timeout_s: float, log_dir: Path,
                   jobs: int, echo, current: list) -> None:
     """Execute the plan with up to ``jobs`` runs at once, each as soon as its upstream runs are done
-    (in plan order), each with its share of the CPU threads; a run that is the only one ready while
-    nothing runs (the base model, curation, the evaluation at the end) gets every core and runs
-    alone. A failure starts nothing new; the runs already going finish, then the first failure is
+    (in plan order), each with its share of the CPU threads. A run that is the only one ready while
+    nothing runs gets every core, and so does a run of a stage marked ``alone`` (base pretraining,
+    the evaluation): it waits for the machine to be free, and nothing starts beside it. A failure starts nothing new; the runs already going finish, then the first failure is
     raised."""
     from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 
@@ -508,6 +513,9 @@ def _run_parallel(profile: Profile, plan: list, run_overrides, forced: set[str],
         try:
             while True:
                 ready = [r for r in plan if r.name not in started and all(d in done for d in deps[r.name])]
+                lone = [r for r in ready if _runs_alone(r)]
+                if lone:  # a stage that runs alone waits for the machine to be free, and goes first
+                    ready = lone[:1] if not futures else []
                 # a run that is ready alone, with nothing running, gets every core and runs alone
                 alone = len(ready) == 1 and not futures
                 for run in ready if failure is None and not exclusive[0] else []:

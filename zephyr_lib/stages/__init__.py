@@ -31,6 +31,7 @@ class Stage:
     build: "Callable[[RunContext, Path], dict]"  # writes the run into the partial folder, returns metrics
     resumable: bool = False  # keep an interrupted attempt's partial folder (checkpoints) and resume
     trainer: bool = False  # trains through zephyr_lib.launch (in-process, or accelerate for several processes)
+    alone: bool = False  # with `zephyr run --jobs N`: runs with every core, never beside another run
 
 
 from . import aif, base, curate, dpo, eval, results, sft  # noqa: E402  (each defines STAGE)

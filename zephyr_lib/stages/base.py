@@ -95,4 +95,5 @@ def fact_probe(model, tok, world, max_new_tokens: int = 8) -> dict:
     return {"recall": sum(r["correct"] for r in rows) / len(rows), "rows": rows}
 
 
-STAGE = Stage("base", BaseConfig, notebook="00_base", artifact="model", build=build, resumable=True)
+STAGE = Stage("base", BaseConfig, notebook="00_base", artifact="model", build=build, resumable=True,
+              alone=True)  # the long run the whole plan waits for

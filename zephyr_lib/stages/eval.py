@@ -197,4 +197,5 @@ def build(ctx, out: Path) -> dict:
     return metrics
 
 
-STAGE = Stage("eval", EvalConfig, notebook="05_eval", artifact="metrics.json", build=build)
+STAGE = Stage("eval", EvalConfig, notebook="05_eval", artifact="metrics.json", build=build,
+              alone=True)  # every model, after everything else
