@@ -2,7 +2,7 @@
 #   make book   # set up .venv, run the pipeline (PROFILE=toy by default), build the book into _build/html
 #   make test   # set up .venv, run the test suite
 PROFILE ?= toy
-# JOBS: runs executed at once (default: 2 on a CPU-only machine with 2+ cores, else 1)
+# JOBS: runs executed at once, each with a share of the cores (default 1: on 2 cores it was slower)
 JOBS ?=
 PYTHON ?= python3.11
 VENV := .venv

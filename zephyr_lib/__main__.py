@@ -34,8 +34,8 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--force", action="store_true", help="rerun even if a complete run exists")
     r.add_argument("--timeout", type=float, default=None, help="time limit per stage, seconds")
     r.add_argument("--jobs", type=int, default=None,
-                   help="runs executed at once, each with its share of the CPU threads (default: 2 on a "
-                        "CPU-only machine with 2+ cores, else 1)")
+                   help="runs executed at once, each with its share of the CPU threads (default 1; for "
+                        "machines with more cores than one small-model run can use)")
     r.add_argument("--dry-run", action="store_true",
                    help="print every run's resolved config and the exact launch commands per node; train nothing")
     r.add_argument("--gpus-per-node", type=int, default=8, help="--dry-run: GPUs per machine (default 8)")

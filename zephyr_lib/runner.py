@@ -478,12 +478,11 @@ def _raise_interrupt(signum, frame):  # noqa: ARG001
 
 
 def default_jobs() -> int:
-    """How many runs execute at once by default: 2 on a CPU-only machine with at least 2 cores
-    (two 1-thread stages do more work than one 2-thread stage: a small model's ops do not scale
-    to 2 threads; see the Performance page), else 1 (a GPU stage owns its GPUs)."""
-    import torch
-
-    return 1 if torch.cuda.is_available() or (os.cpu_count() or 1) < 2 else 2
+    """How many runs execute at once by default: 1. On the 2-core reference machine two 1-thread
+    runs side by side were measured slower than the same runs one after the other with 2 threads
+    each (dDPO 415 s beside two shorter runs that took 182 s and 176 s; alone: 201, 80 and 92 s), so
+    ``--jobs`` is for machines with more cores than a small model's operations can use."""
+    return 1
 
 
 def _runs_alone(run) -> bool:
@@ -565,7 +564,7 @@ def _run_parallel(profile: Profile, plan: list, run_overrides, forced: set[str],
 
 def run_pipeline(profile_name: str, stages: list[str] | None = None, sets: list[str] | None = None,
                  force: bool = False, timeout_s: float | None = None, echo=print, jobs: int | None = None) -> int:
-    """Validate everything first, then execute the plan in dependency order (``jobs`` runs at once:
+    """Validate everything first, then execute the plan in dependency order (``jobs`` runs at once;
     default :func:`default_jobs`).
 
     Returns 0, or 128 + the signal number when SIGINT/SIGTERM stopped it (after stopping the
