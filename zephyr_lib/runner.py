@@ -507,7 +507,7 @@ def _run_parallel(profile: Profile, plan: list, run_overrides, forced: set[str],
     failure: BaseException | None = None
     futures: dict = {}
     running: dict[str, tuple[str, Path]] = {}  # run -> (process token, lock path) while its stage runs
-    exclusive = [False]  # the running run has every core: start nothing beside it
+    exclusive = False  # the running run has every core: start nothing beside it
     with ThreadPoolExecutor(max_workers=jobs) as pool:
         try:
             while True:
@@ -517,19 +517,19 @@ def _run_parallel(profile: Profile, plan: list, run_overrides, forced: set[str],
                     ready = lone[:1] if not futures else []
                 # a run that is ready alone, with nothing running, gets every core and runs alone
                 alone = len(ready) == 1 and not futures
-                for run in ready if failure is None and not exclusive[0] else []:
+                for run in ready if failure is None and not exclusive else []:
                     if len(futures) >= jobs:
                         break
                     tag = f"[{len(started) + 1}/{len(plan)}] {run.name} ({run.stage} @ {profile.run_hash(run.name)})"
                     echo(f"{tag}: started", flush=True)
                     started[run.name] = (tag, time.time())
-                    exclusive[0] = alone
+                    exclusive = alone
                     futures[pool.submit(execute_run, profile, run.name, run_overrides(run.name), run.name in forced,
                                         timeout_s, log_dir, None if alone else threads, running)] = run.name
                 if not futures:
                     break
                 finished, _ = wait(list(futures), return_when=FIRST_COMPLETED)
-                exclusive[0] = False if not set(futures) - set(finished) else exclusive[0]
+                exclusive = exclusive and bool(set(futures) - set(finished))
                 for fut in finished:
                     name = futures.pop(fut)
                     tag, t0 = started[name]
