@@ -237,3 +237,35 @@ def test_mc2_matches_direct_probability_mass(lm_eval_run, loglik):
 def test_unknown_task_is_reported(tiny_model, lm_eval_run):
     with pytest.raises(ValueError, match="not found"):
         lb.run_lm_eval(tiny_model, lm_eval_run["task_dir"], ["no_such_task"])
+
+
+def test_shared_contexts_give_lm_evals_numbers(tiny_model, lm_eval_run):
+    """Every task of the tiny run scored with each context run once: the same metrics as stock HFLM."""
+    tasks = [t for t in lm_eval_run["metrics"] if t.endswith("/acc")]
+    names = sorted({t.split("/")[0] for t in tasks})
+    shared = lb.run_lm_eval(tiny_model, lm_eval_run["task_dir"], names, batch_size=4, share_contexts=True)
+    for key, value in lm_eval_run["metrics"].items():
+        if key.split("/")[-1] in ("acc", "acc_norm", "acc_stderr", "acc_norm_stderr"):
+            assert shared[key] == pytest.approx(value, rel=1e-5, abs=1e-7), key
+
+
+def test_shared_contexts_request_by_request(tiny_model):
+    """Log-probabilities and greedy flags per request, against HFLM's own path: shared contexts
+    with one- and many-token continuations, a batch smaller than the groups, and requests longer
+    than the window (truncated from the left by lm-eval, so scored by HFLM's path)."""
+    from lm_eval.models.huggingface import HFLM
+
+    kwargs = {"pretrained": str(tiny_model), "dtype": "float32", "device": "cpu", "max_length": 24}
+    stock, shared = HFLM(batch_size=3, **kwargs), lb.prefix_shared_hflm(batch_size=2, **kwargs)
+    tok = stock.tokenizer
+    enc = lambda s: tok.encode(s, add_special_tokens=False)  # noqa: E731
+    contexts = ["Question: What comes after 3? Answer:", "A man holds a pan.", "Is the sky blue?",
+                "The following are multiple choice questions. " * 3]  # the last is longer than the window
+    conts = [" 4.", " Yes", " He cooks. Is the sky blue? Yes", " blue"]
+    requests = [((c, k), enc(c), enc(k)) for c in contexts for k in conts]
+    assert any(len(a) + len(b) > 25 for _, a, b in requests) and any(len(b) == 1 for _, _, b in requests)
+    want = stock._loglikelihood_tokens(requests, disable_tqdm=True)
+    got = shared._loglikelihood_tokens(requests, disable_tqdm=True)
+    assert [g[1] for g in got] == [w[1] for w in want]
+    assert [g[0] for g in got] == pytest.approx([w[0] for w in want], rel=1e-5, abs=1e-5)
+    assert len({w[0] for w in want}) > 8  # the requests really differ

@@ -209,7 +209,8 @@ class Leaderboard(Benchmark):
             return lb.run_paper_leaderboard(agent.path)
         task_dir, tasks = self.inputs["leaderboard_tasks"]
         names = [tasks["arc"], tasks["hellaswag"], tasks["truthfulqa_mc2"], *tasks["mmlu"]]
-        return lb.run_lm_eval(agent.path, task_dir, names, batch_size=32)
+        # each few-shot context once for all its choices: lm-eval's numbers within float rounding
+        return lb.run_lm_eval(agent.path, task_dir, names, batch_size=32, share_contexts=True)
 
     def judge(self, flat, model_id, judge, out):
         return flat  # log-likelihood scoring happened in generate; no judge

@@ -320,13 +320,90 @@ def _device_and_dtype(device: str) -> tuple[str, str]:
     return dev, ("bfloat16" if dev.startswith("cuda") else "float32")
 
 
+def prefix_shared_hflm(**kwargs):
+    """lm-eval's ``HFLM`` (same arguments) whose log-likelihoods run each distinct context once.
+
+    A multiple-choice question is one context scored with every choice: stock ``HFLM`` runs the
+    few-shot context once per choice (4 times for ARC, HellaSwag and MMLU). This subclass runs a
+    batch of distinct contexts once, keeps their key/value cache, and scores all continuations of
+    each context against it: the same log-probabilities and greedy flags as ``HFLM`` within float
+    rounding (``tests/test_leaderboard.py`` compares both on every request of the tiny tasks), for
+    about a quarter of the tokens. Requests that lm-eval would truncate from the left (context and
+    continuation longer than the model's window) go through ``HFLM``'s own path unchanged."""
+    import torch
+    import torch.nn.functional as F
+    from lm_eval.models.huggingface import HFLM
+    from tqdm.auto import tqdm
+
+    class PrefixSharedHFLM(HFLM):
+        def _loglikelihood_tokens(self, requests, disable_tqdm: bool = False, override_bs: int | None = None):
+            if self.backend != "causal":
+                return super()._loglikelihood_tokens(requests, disable_tqdm, override_bs)
+            out: list = [None] * len(requests)
+            groups: dict[tuple, list[int]] = {}
+            long = []
+            for i, (_, ctx, cont) in enumerate(requests):
+                if not ctx or not cont or len(ctx) + len(cont) > self.max_length + 1:
+                    long.append(i)
+                else:
+                    groups.setdefault(tuple(ctx), []).append(i)
+            if long:
+                for i, r in zip(long, super()._loglikelihood_tokens([requests[i] for i in long], True, override_bs)):
+                    out[i] = r
+            bs = override_bs or (self.batch_size if isinstance(self.batch_size, int) else 32)
+            keys = sorted(groups, key=len, reverse=True)  # similar lengths batch together
+            pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+            dtype = self.softmax_dtype or torch.float32
+            for start in tqdm(range(0, len(keys), bs), disable=disable_tqdm or self.rank != 0,
+                              desc="Log-likelihoods (shared contexts)"):
+                chunk = keys[start:start + bs]
+                lens = torch.tensor([len(k) for k in chunk], device=self.device)
+                ids = torch.full((len(chunk), int(lens.max())), pad, dtype=torch.long, device=self.device)
+                mask = torch.zeros_like(ids)
+                for g, k in enumerate(chunk):
+                    ids[g, :len(k)] = torch.tensor(k, device=self.device)
+                    mask[g, :len(k)] = 1
+                with torch.no_grad():
+                    first = self.model(input_ids=ids, attention_mask=mask, use_cache=True)
+                    last = F.log_softmax(first.logits[torch.arange(len(chunk)), lens - 1], dim=-1, dtype=dtype)
+                    rows = [(g, i) for g, k in enumerate(chunk) for i in groups[k]]
+                    conts = [requests[i][2] for _, i in rows]
+                    width = max(len(c) for c in conts) - 1  # the continuations' own inputs (all but their last token)
+                    rest = None
+                    if width > 0:
+                        owner = torch.tensor([g for g, _ in rows], device=self.device)
+                        past = first.past_key_values
+                        past.reorder_cache(owner)  # one copy of its context's cache per continuation
+                        cin = torch.full((len(rows), width), pad, dtype=torch.long, device=self.device)
+                        cmask = torch.zeros_like(cin)
+                        for n, c in enumerate(conts):
+                            cin[n, :len(c) - 1] = torch.tensor(c[:-1], device=self.device)
+                            cmask[n, :len(c) - 1] = 1
+                        pos = lens[owner][:, None] + torch.arange(width, device=self.device)[None]
+                        rest = F.log_softmax(self.model(input_ids=cin, attention_mask=torch.cat([mask[owner], cmask], 1),
+                                                        position_ids=pos, past_key_values=past, use_cache=False).logits,
+                                             dim=-1, dtype=dtype)
+                for n, ((g, i), c) in enumerate(zip(rows, conts)):
+                    logp = [last[g]] + ([rest[n, j] for j in range(len(c) - 1)] if len(c) > 1 else [])
+                    answer = (float(sum(lp[t] for lp, t in zip(logp, c))),
+                              all(int(lp.argmax()) == t for lp, t in zip(logp, c)))
+                    out[i] = answer
+                    if requests[i][0] is not None:
+                        self.cache_hook.add_partial("loglikelihood", requests[i][0], answer)
+            return out
+
+    return PrefixSharedHFLM(**kwargs)
+
+
 def run_lm_eval(model_dir: str | Path, task_dir: str | Path, tasks: Sequence[str],
                 num_fewshot: int | None = None, batch_size: int | str = 8, limit: int | float | None = None,
-                add_bos_token: bool | None = PAPER_SETTINGS["add_bos_token"], device: str = "auto") -> dict:
+                add_bos_token: bool | None = PAPER_SETTINGS["add_bos_token"], device: str = "auto",
+                share_contexts: bool = False) -> dict:
     """Evaluate a local HF model on local tasks with ``lm_eval.simple_evaluate`` (model "hf",
     tasks indexed only from ``task_dir``) on ``device`` (``modeling.resolve_device``: auto = the
     GPU when there is one; float32 on CPU, bfloat16 on GPU). ``num_fewshot`` overrides every
-    task's YAML value when given. Returns flatten_results(...) of the run."""
+    task's YAML value when given. ``share_contexts``: score with :func:`prefix_shared_hflm` (each
+    context run once; the same numbers within float rounding). Returns flatten_results(...) of the run."""
     import lm_eval
     from lm_eval.tasks import TaskManager
 
@@ -334,15 +411,19 @@ def run_lm_eval(model_dir: str | Path, task_dir: str | Path, tasks: Sequence[str
     if not tasks:
         raise ValueError("run_lm_eval: no tasks")
     device, dtype = _device_and_dtype(device)
-    model_args = f"pretrained={Path(model_dir).resolve()},dtype={dtype}"
+    model_args = {"pretrained": str(Path(model_dir).resolve()), "dtype": dtype}
     if add_bos_token is not None:
-        model_args += f",add_bos_token={add_bos_token}"
+        model_args["add_bos_token"] = add_bos_token
     task_manager = TaskManager(include_path=str(Path(task_dir).resolve()), include_defaults=False)
     unknown = [t for t in tasks if t not in task_manager.all_tasks]
     if unknown:
         raise ValueError(f"tasks {unknown} not found in {task_dir}")
+    if share_contexts:
+        model, model_args = prefix_shared_hflm(**model_args, batch_size=batch_size, device=device), None
+    else:
+        model, model_args = "hf", ",".join(f"{k}={v}" for k, v in model_args.items())
     results = lm_eval.simple_evaluate(
-        model="hf", model_args=model_args, tasks=tasks, num_fewshot=num_fewshot,
+        model=model, model_args=model_args, tasks=tasks, num_fewshot=num_fewshot,
         batch_size=batch_size, limit=limit, task_manager=task_manager, device=device,
         log_samples=False)
     if results is None:
