@@ -97,6 +97,7 @@ def test_tiny_bench_runs_end_to_end_and_writes_json_table_and_page(tmp_path, cap
         assert row in printed
     page = bench.write_performance_page(out, tmp_path / "gen")
     text = page.read_text()
+    assert data["machine"]["cpu"] and data["machine"]["cpu"] in text  # the processor is named beside the numbers
     assert "| dSFT useful tokens/s |" in text and "GFLOP/s" in text and "not measured" in text
     png = (tmp_path / "gen" / bench.GENERATED_PNG).read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n"

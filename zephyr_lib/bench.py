@@ -57,6 +57,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .io import atomic_write_bytes, atomic_write_text, read_json, write_json
+from .store import cpu_name
 
 GENERATED_PAGE = "performance.md"
 GENERATED_PNG = "performance_ratios.png"
@@ -627,7 +628,8 @@ def summarize(profile, repeats, sizes, cfgs, inputs, reps, rate) -> dict:
     targets = {"dSFT useful tokens/s (ours / TRL default)": 1.5, "dDPO pairs/s (ours / TRL default)": 1.3,
                "generation (batched / per-prompt loop)": 10.0, "pretraining (model FLOP/s / matmul rate)": 0.4}
     return {"profile": profile, "repeats": repeats, "sizes": dataclasses.asdict(sizes),
-            "machine": {"cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(), "matmul_flops_per_s": rate},
+            "machine": {"cpu": cpu_name(), "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+                        "matmul_flops_per_s": rate},
             "sft": {**sft, "useful_tokens": useful, "n_train": len(train)}, "dpo": dpo, "generate": gen, "pretrain": pre,
             "ratios": ratios, "targets": targets}
 
@@ -667,7 +669,7 @@ def format_table(result: dict) -> str:
     lines = ["  ".join(c.ljust(w[i]) for i, c in enumerate(r)) for r in rows]
     lines.insert(1, "  ".join("-" * x for x in w))
     m = result["machine"]
-    lines.append(f"({result['profile']} profile, median of {result['repeats']}; {m['cpu_count']} cores, "
+    lines.append(f"({result['profile']} profile, median of {result['repeats']}; {m['cpu_count']} cores of {m.get('cpu', '?')}, "
                  f"{m['torch_threads']} torch threads; baselines: TRL defaults / per-prompt generate loop)")
     if not result.get("rerun", {}).get("measured"):
         lines.append(f"unchanged rerun not measured: {result.get('rerun', {}).get('reason', '')}")
@@ -739,7 +741,7 @@ def write_performance_page(bench_json: str | Path, out_dir: str | Path) -> Path:
         return atomic_write_text(out_dir / GENERATED_PAGE, text)
     result = read_json(bench_json)
     m = result["machine"]
-    lines = [f"Measured on {m['cpu_count']} CPU cores ({m['torch_threads']} torch threads); fp32 matmul rate "
+    lines = [f"Measured on {m['cpu_count']} cores of {m.get('cpu', 'an unrecorded CPU')} ({m['torch_threads']} torch threads); fp32 matmul rate "
              f"{m['matmul_flops_per_s'] / 1e9:.1f} GFLOP/s (2048² matmul loop, same run). Profile "
              f"`{result['profile']}`, median of {result['repeats']} repeat(s); torch {m.get('torch', '?')}, "
              f"transformers {m.get('transformers', '?')}, TRL {m.get('trl', '?')}.", "",

@@ -63,7 +63,9 @@ def provenance_markdown(profile) -> str:
     if versions:
         out += ["Package versions recorded by the runs:", "",
                 "| package | version |", "|---|---|", *[f"| {k} | {v} |" for k, v in versions.items()], "",
-                f"Machine: {machine.get('platform', '?')}, {machine.get('cpus', '?')} CPUs.", ""]
+                f"Machine: {machine.get('platform', '?')}, {machine.get('cpus', '?')} CPUs"
+                + (f" ({machine['cpu']})" if machine.get("cpu") else "") + ". Stage times differ between "
+                "processors: compare them on the same kind.", ""]
     return "\n".join(out)
 
 

@@ -70,6 +70,20 @@ def package_versions() -> dict[str, str]:
     return out
 
 
+def cpu_name() -> str:
+    """The processor's model name (Linux: /proc/cpuinfo), else platform.processor(): stage times
+    and matmul rates are only comparable on the same kind of processor."""
+    try:
+        info = Path("/proc/cpuinfo").read_text().splitlines()
+    except OSError:
+        return platform.processor() or "unknown"
+    name = next((ln.split(":", 1)[1].strip() for ln in info if ln.startswith("model name")), "unknown")
+    flags = set(next((ln.split(":", 1)[1].split() for ln in info if ln.startswith("flags")), []))
+    vector = next((label for flag, label in (("amx_tile", "AVX-512, AMX"), ("avx512f", "AVX-512"), ("avx2", "AVX2"))
+                   if flag in flags), "")  # virtual machines often report a generic name: the vector unit tells more
+    return f"{name} ({vector})" if vector else name
+
+
 def git_state() -> dict[str, Any]:
     def git(*args: str) -> str:
         return subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True, timeout=20).stdout.strip()
@@ -412,7 +426,7 @@ class RunContext:
                     "seed": getattr(self.cfg, "seed", None),
                     "git": git_state(),
                     "packages": package_versions(),
-                    "machine": {"platform": platform.platform(), "cpus": os.cpu_count(),
+                    "machine": {"platform": platform.platform(), "cpu": cpu_name(), "cpus": os.cpu_count(),
                                 "threads": _int_env(THREADS_ENV) or os.cpu_count()},  # less: ran beside another run
                     "start": dt.datetime.fromtimestamp(start, dt.timezone.utc).isoformat(timespec="seconds"),
                     "end": dt.datetime.fromtimestamp(end, dt.timezone.utc).isoformat(timespec="seconds"),
