@@ -269,3 +269,15 @@ def test_shared_contexts_request_by_request(tiny_model):
     assert [g[1] for g in got] == [w[1] for w in want]
     assert [g[0] for g in got] == pytest.approx([w[0] for w in want], rel=1e-5, abs=1e-5)
     assert len({w[0] for w in want}) > 8  # the requests really differ
+
+
+def test_compiled_templates_render_the_same_text_and_restore_lm_eval():
+    from lm_eval import utils
+
+    original = utils.apply_template
+    doc = {"question": "How many legs does a cat have?", "choices": ["2", "4"]}
+    template = "Question: {{question}}\nAnswer:{{ choices | join(',') | regex_replace('4', 'four') }}"
+    with lb.compiled_templates():
+        assert utils.apply_template is not original
+        assert [utils.apply_template(template, doc) for _ in range(2)] == [original(template, doc)] * 2
+    assert utils.apply_template is original
