@@ -57,7 +57,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .io import atomic_write_bytes, atomic_write_text, read_json, write_json
-from .store import cpu_name
 
 GENERATED_PAGE = "performance.md"
 GENERATED_PNG = "performance_ratios.png"
@@ -583,6 +582,8 @@ def run_bench(profile: str = "toy", repeats: int = 3, out: str | Path = "bench.j
 
 def summarize(profile, repeats, sizes, cfgs, inputs, reps, rate) -> dict:
     import torch
+
+    from .store import cpu_name
 
     tok = inputs["tok"]
     from .sft import load_sft_data
