@@ -417,13 +417,12 @@ def run_lm_eval(model_dir: str | Path, task_dir: str | Path, tasks: Sequence[str
                 num_fewshot: int | None = None, batch_size: int | str = 8, limit: int | float | None = None,
                 add_bos_token: bool | None = PAPER_SETTINGS["add_bos_token"], device: str = "auto",
                 share_contexts: bool = False) -> dict:
-    """Evaluate a local HF model on local tasks with ``lm_eval.simple_evaluate`` (lm-eval's ``HFLM``,
+    """Evaluate a local HF model on local tasks with ``lm_eval.simple_evaluate`` (model "hf",
     tasks indexed only from ``task_dir``) on ``device`` (``modeling.resolve_device``: auto = the
     GPU when there is one; float32 on CPU, bfloat16 on GPU). ``num_fewshot`` overrides every
     task's YAML value when given. ``share_contexts``: score with :func:`prefix_shared_hflm` (each
     context run once; the same numbers within float rounding). Returns flatten_results(...) of the run."""
     import lm_eval
-    from lm_eval.models.huggingface import HFLM
     from lm_eval.tasks import TaskManager
 
     tasks = list(tasks)
@@ -437,11 +436,15 @@ def run_lm_eval(model_dir: str | Path, task_dir: str | Path, tasks: Sequence[str
     unknown = [t for t in tasks if t not in task_manager.all_tasks]
     if unknown:
         raise ValueError(f"tasks {unknown} not found in {task_dir}")
-    model = (prefix_shared_hflm if share_contexts else HFLM)(**model_args, batch_size=batch_size, device=device)
+    if share_contexts:
+        model, model_args = prefix_shared_hflm(**model_args, batch_size=batch_size, device=device), None
+    else:
+        model, model_args = "hf", ",".join(f"{k}={v}" for k, v in model_args.items())
     with compiled_templates():
         results = lm_eval.simple_evaluate(
-            model=model, tasks=tasks, num_fewshot=num_fewshot, batch_size=batch_size, limit=limit,
-            task_manager=task_manager, device=device, log_samples=False)
+            model=model, model_args=model_args, tasks=tasks, num_fewshot=num_fewshot,
+            batch_size=batch_size, limit=limit, task_manager=task_manager, device=device,
+            log_samples=False)
     if results is None:
         raise RuntimeError("lm_eval.simple_evaluate returned no results")
     return flatten_results(results)
