@@ -128,12 +128,25 @@ def test_dpo_loss_matches_trl(assets):
         assert torch.allclose(stored, lp["policy", side], atol=1e-4)
 
 
-def test_unpadded_backbone_gives_trls_padded_loss_gradients_and_reference(assets):
+def test_unpadded_backbone_gives_trls_padded_loss_gradients_and_reference(assets, monkeypatch):
     """``padding_free``: TRL's DPO loss, its gradients and its precomputed reference log-probs are
-    those of the padded batch within float rounding, and the backbone sees only the real tokens.
-    Attention leaking across the sequences of the row would change the loss."""
+    those of the padded batch within float rounding, the backbone sees only the real tokens and
+    the LM head scores only the labelled ones (``modeling.labelled_positions_only``). Attention leaking
+    across the sequences of the row would change the loss."""
     from transformers import AutoModelForCausalLM
     from trl import DPOTrainer
+    from trl.trainer import utils as trl_utils
+
+    head_rows = []
+    chunked = trl_utils._ChunkedLogProbFunction
+
+    class Spy:  # the rows TRL's fused LM head scores
+        @staticmethod
+        def apply(hidden, *args):
+            head_rows.append(hidden.shape[0])
+            return chunked.apply(hidden, *args)
+
+    monkeypatch.setattr(trl_utils, "_ChunkedLogProbFunction", Spy)
 
     tok = assets["tok"]
     cfg = _cfg(beta=0.3)
@@ -144,7 +157,8 @@ def test_unpadded_backbone_gives_trls_padded_loss_gradients_and_reference(assets
         policy = AutoModelForCausalLM.from_pretrained(assets["init"])
         seen = []
         policy.get_input_embeddings().register_forward_pre_hook(lambda m, a: seen.append(a[0].numel()))
-        with (modeling.UnpaddedBackbone(policy) if name == "unpadded" else contextlib.nullcontext()):
+        with (modeling.UnpaddedBackbone(policy) if name == "unpadded" else contextlib.nullcontext()), \
+                (modeling.labelled_positions_only() if name == "unpadded" else contextlib.nullcontext()):
             args = dpo.trl_args(cfg, assets["root"] / f"pf-{name}", use_cpu=True, eval_strategy="no")
             trainer = DPOTrainer(model=policy, args=args, train_dataset=rows, processing_class=tok)
             batch = trainer.data_collator([{k: trainer.train_dataset[i][k] for k in keys + ("ref_chosen_logps", "ref_rejected_logps")}
@@ -159,10 +173,16 @@ def test_unpadded_backbone_gives_trls_padded_loss_gradients_and_reference(assets
             loss.backward()
         grad = torch.cat([p.grad.flatten() for p in policy.parameters() if p.grad is not None])
         refs = torch.tensor([trainer.train_dataset[i]["ref_chosen_logps"] for i in range(len(rows))])
-        results[name] = (loss.item(), grad, refs, seen[-1], int(batch["attention_mask"].sum()), batch["input_ids"].numel())
+        labelled = int((batch["completion_mask"][:, 1:] * batch["attention_mask"][:, 1:]).sum())
+        results[name] = (loss.item(), grad, refs, seen[-1], int(batch["attention_mask"].sum()), batch["input_ids"].numel(),
+                         head_rows[-1], labelled)
         assert policy.config._attn_implementation == "sdpa" and "forward" not in vars(policy.get_decoder())
-    (l_pad, g_pad, r_pad, n_pad, real, padded), (l_free, g_free, r_free, n_free, _, _) = results["padded"], results["unpadded"]
+    assert trl_utils._use_triton(torch.device("cpu")) is False  # restored on exit
+    (l_pad, g_pad, r_pad, n_pad, real, padded, h_pad, _), (l_free, g_free, r_free, n_free, _, _, h_free, labelled) = \
+        results["padded"], results["unpadded"]
     assert real < padded and n_pad == padded and n_free == real  # the backbone ran the real tokens only
+    b, n = batch["input_ids"].shape
+    assert h_pad == b * (n - 1) and h_free == labelled < real  # the head scored the completions' tokens only
     assert abs(l_pad - l_free) < 1e-5 * abs(l_pad) and abs(l_pad - math.log(2)) > 1e-4
     assert torch.allclose(g_pad, g_free, rtol=1e-4, atol=1e-6)
     assert torch.allclose(r_pad, r_free, atol=1e-4)

@@ -1,6 +1,7 @@
 """Tokenizer, chat template, assistant-only masking, learning to stop, and resume for dSFT."""
 from __future__ import annotations
 
+import contextlib
 import json
 
 import pytest
@@ -147,6 +148,79 @@ def test_padding_free_batches_give_the_padded_loss_and_gradients_without_the_pad
     model = AutoModelForCausalLM.from_pretrained(tiny_base)
     flat = {k: batch[k] for k in ("input_ids", "labels")}
     assert abs(model(**flat).loss.item() - l_free) > 1e-3
+
+
+def test_trls_head_scores_only_the_tokens_that_carry_loss(tiny_base, tiny_chat_data, tmp_path, monkeypatch):
+    """modeling.labelled_positions_only: SFTTrainer's own loss and gradients on a padding-free batch
+    are those TRL computes over every position, within float rounding, while its LM head scores
+    only the positions with a label (assistant tokens); the switch is restored on exit."""
+    import torch
+    from transformers import AutoModelForCausalLM
+    from trl import SFTTrainer
+    from trl.trainer import utils as trl_utils
+
+    from zephyr_lib import modeling
+
+    rows, chunked = [], trl_utils._ChunkedLogProbFunction
+
+    class Spy:
+        @staticmethod
+        def apply(hidden, *args):
+            rows.append(hidden.shape[0])
+            return chunked.apply(hidden, *args)
+
+    monkeypatch.setattr(trl_utils, "_ChunkedLogProbFunction", Spy)
+    tok = AutoTokenizer.from_pretrained(tiny_base)
+    train, test = sft.load_sft_data(tiny_chat_data)
+    results = {}
+    for name in ("every position", "labelled only"):
+        model = AutoModelForCausalLM.from_pretrained(tiny_base)
+        model.set_attn_implementation(modeling.register_document_attention())
+        trainer = SFTTrainer(model=model, args=sft.trl_args(_cfg(), tmp_path / name.replace(" ", "_")),
+                             train_dataset=train, eval_dataset=test, processing_class=tok)
+        torch.manual_seed(0)
+        batch = next(iter(trainer.get_train_dataloader()))
+        model.train()
+        with modeling.labelled_positions_only() if name == "labelled only" else contextlib.nullcontext():
+            loss = trainer.compute_loss(model, batch)
+        loss.backward()
+        grad = torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None])
+        results[name] = (loss.item(), grad, rows[-1])
+    assert trl_utils._use_triton(torch.device("cpu")) is False
+    (l_all, g_all, n_all), (l_lab, g_lab, n_lab) = results["every position"], results["labelled only"]
+    labelled = int((batch["labels"][:, 1:] != -100).sum())
+    assert n_all == batch["input_ids"].shape[1] - 1 and n_lab == labelled < n_all
+    assert abs(l_all - l_lab) < 1e-5 * abs(l_all)
+    assert torch.allclose(g_all, g_lab, rtol=1e-4, atol=1e-6)
+
+
+def test_document_attention_is_each_documents_own_attention_bit_for_bit():
+    """document_sdpa on a row of documents gives, bit for bit, the outputs and the gradients of
+    causal attention run on each document as its own tensor (grouped-query heads, as the toy model)."""
+    from types import SimpleNamespace
+
+    import torch
+    import torch.nn.functional as F
+
+    from zephyr_lib import modeling
+
+    gen = torch.Generator().manual_seed(0)
+    sizes = [5, 1, 17, 9, 30]
+    cu = torch.tensor([0] + list(torch.tensor(sizes).cumsum(0)), dtype=torch.int32)
+    q0, k0, v0 = (torch.randn(1, h, sum(sizes), 8, generator=gen) for h in (6, 2, 2))
+    up = torch.randn(1, sum(sizes), 6, 8, generator=gen)
+    q, k, v = (t.clone().requires_grad_() for t in (q0, k0, v0))
+    out, _ = modeling.document_sdpa(SimpleNamespace(training=True), q, k, v, None, cu_seq_lens_q=cu)
+    (out * up).sum().backward()
+    start = 0
+    for n in sizes:
+        qd, kd, vd = (t[:, :, start:start + n].clone().requires_grad_() for t in (q0, k0, v0))
+        od = F.scaled_dot_product_attention(qd, kd, vd, is_causal=True, enable_gqa=True).transpose(1, 2)
+        (od * up[:, start:start + n]).sum().backward()
+        assert torch.equal(out[:, start:start + n], od)
+        for whole, part in ((q, qd), (k, kd), (v, vd)):
+            assert torch.equal(whole.grad[:, :, start:start + n], part.grad)
+        start += n
 
 
 def test_document_attention_refuses_what_it_cannot_do_right(tiny_base):

@@ -42,7 +42,8 @@ Choices made here, on TRL 1.16 / transformers 5:
   chosen and rejected sequences to the longest; :class:`~zephyr_lib.modeling.UnpaddedBackbone`
   runs the model on the real tokens only (one row, attention inside each sequence) and hands
   TRL the padded shapes back: the same log-probs within float rounding, for less work. TRL
-  1.16's own ``padding_free`` for DPO is disabled upstream.
+  1.16's own ``padding_free`` for DPO is disabled upstream. With it, TRL's LM head scores only
+  the completions' tokens (:func:`~zephyr_lib.modeling.labelled_positions_only`, what TRL does on GPUs).
 * **Several processes** (``zephyr_lib.launch``: DDP, ZeRO-3, FSDP): the in-memory preference data
   is written once to ``out/prefs_cache`` so every rank finds TRL's cached reference log-probs
   (:func:`shared_on_disk`; removed after training). ``use_peft`` trains LoRA adapters instead
@@ -69,7 +70,7 @@ from transformers import TrainerCallback
 
 from .stages.dpo import DPOConfig
 from .io import DataError
-from .modeling import UnpaddedBackbone, last_checkpoint, weights_source
+from .modeling import UnpaddedBackbone, labelled_positions_only, last_checkpoint, weights_source
 from .sft import final_eval, lora_setup, save_final
 
 ROLES = ("system", "user", "assistant")
@@ -447,7 +448,8 @@ def train(cfg: DPOConfig, init: Path | str, data: Path | str, out: Path, *, call
     model = AutoModelForCausalLM.from_pretrained(source, dtype="auto", **model_kwargs, **source_kwargs)
     saver = EpochSaver(out)
     # The reference log-probs are precomputed while the trainer is built: unpadded from there on.
-    with (UnpaddedBackbone(model) if cfg.padding_free else contextlib.nullcontext()):
+    with (UnpaddedBackbone(model) if cfg.padding_free else contextlib.nullcontext()), \
+            (labelled_positions_only() if cfg.padding_free else contextlib.nullcontext()):
         trainer_class = dpo_trainer_class(ref_cache, unpadded=cfg.padding_free)
         trainer = trainer_class(model=model, ref_model=None, args=args, train_dataset=prefs["train"],
                              eval_dataset=prefs["test"], processing_class=tok,

@@ -17,6 +17,7 @@ adding special tokens, so every sequence gets exactly one BOS (:func:`check_sing
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -315,14 +316,17 @@ def document_sdpa(module, query, key, value, attention_mask, scaling=None, dropo
         if query.shape[0] != 1:
             raise RuntimeError(f"{DOCUMENT_ATTENTION} needs a padding-free batch (one row with cu_seq_lens_q); "
                                f"got {query.shape[0]} rows and no document boundaries")
-        bounds = [(0, query.shape[2])]
+        sizes = [query.shape[2]]
     else:
         c = cu.tolist()
-        bounds = list(zip(c[:-1], c[1:]))
-    outs = [F.scaled_dot_product_attention(query[:, :, s:e], key[:, :, s:e], value[:, :, s:e], is_causal=True,
-                                           dropout_p=dropout if module.training else 0.0, scale=scaling,
-                                           enable_gqa=query.shape[1] != key.shape[1])
-            for s, e in bounds if e > s]
+        sizes = [e - s for s, e in zip(c[:-1], c[1:])]
+    # One split per tensor, not a slice per document: a slice's backward writes its gradient into a
+    # zero tensor of the whole row and the slices' gradients are summed (work ∝ documents × tokens);
+    # a split's backward is one concatenation. The values and gradients are the same, bit for bit.
+    qs, ks, vs = (t.split(sizes, dim=2) for t in (query, key, value))
+    outs = [F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=dropout if module.training else 0.0,
+                                           scale=scaling, enable_gqa=query.shape[1] != key.shape[1])
+            for q, k, v, n in zip(qs, ks, vs, sizes) if n > 0]
     return torch.cat(outs, dim=2).transpose(1, 2).contiguous(), None
 
 
@@ -391,3 +395,30 @@ class UnpaddedBackbone:
             del self.backbone.forward
         self.model.set_attn_implementation(attention)
         return False
+
+
+@contextlib.contextmanager
+def labelled_positions_only():
+    """Let TRL score only the positions that carry a label (the completions' tokens), on any device.
+
+    TRL 1.16's fused LM head (``trl.trainer.utils``) projects hidden states to the vocabulary in
+    chunks and takes each token's log-probability; on Triton devices (GPUs) it does that for the
+    labelled positions only, elsewhere for every position of the padded batch, prompt and padding
+    included, and masks the result. The values at the labelled positions are the same either way
+    (within float rounding; tests/test_dpo.py); on a CPU the other positions are much of the
+    head's work. dSFT and dDPO use it with their ``padding_free`` batches. If TRL no longer has
+    the switch, nothing changes but the speed."""
+    import warnings
+
+    from trl.trainer import utils as trl_utils
+
+    original = getattr(trl_utils, "_use_triton", None)
+    if original is None:
+        warnings.warn("trl.trainer.utils._use_triton is gone: TRL scores every position (slower, same values)")
+        yield
+        return
+    trl_utils._use_triton = lambda device: True  # read only by the fused head's choice of positions
+    try:
+        yield
+    finally:
+        trl_utils._use_triton = original

@@ -6,7 +6,8 @@ Loss on assistant tokens only (the chat template's ``{% generation %}`` markers,
 packing (the paper's setting, which trains on every token) is selectable. Without packing, batches
 are padding-free by default (``padding_free``): the batch's examples back to back in one row, with
 attention kept inside each example (:func:`~zephyr_lib.modeling.document_sdpa`), which gives the
-padded batch's loss without computing its padding. The order of examples stays
+padded batch's loss without computing its padding, and TRL's LM head scores only the tokens that
+carry loss (:func:`~zephyr_lib.modeling.labelled_positions_only`). The order of examples stays
 uniformly random (batches grouped by length would save padding too, but their longest-first order
 changes what a tiny model learns). Checkpoints go to
 ``<run>/checkpoints``; a killed run resumes from the newest complete one when re-run.
@@ -16,10 +17,11 @@ Run it through the runner (``python -m zephyr_lib run --profile toy --stages sft
 """
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 from .stages.sft import SFTConfig
-from .modeling import last_checkpoint, register_document_attention, weights_source
+from .modeling import labelled_positions_only, last_checkpoint, register_document_attention, weights_source
 
 
 def trl_args(cfg: SFTConfig, output_dir: str | Path, use_cpu: bool | None = None):
@@ -185,8 +187,9 @@ def train(cfg: SFTConfig, init: Path, data: Path, out: Path, callbacks: list | N
     if _padding_free(cfg):
         trainer.train_dataset = truncate_prepared(trainer.train_dataset, cfg.max_length)
         trainer.eval_dataset = truncate_prepared(trainer.eval_dataset, cfg.max_length)
-    trainer.train(resume_from_checkpoint=last_checkpoint(out / "checkpoints"))
-    final = final_eval(trainer)
+    with labelled_positions_only() if _padding_free(cfg) else contextlib.nullcontext():
+        trainer.train(resume_from_checkpoint=last_checkpoint(out / "checkpoints"))
+        final = final_eval(trainer)
     if _padding_free(cfg):
         trainer.model.set_attn_implementation(attention)  # the saved model decodes with the standard kernel
     save_final(trainer, cfg, tok, init, out)
