@@ -18,6 +18,25 @@ def reference_data() -> Path:
     return REFERENCE
 
 
+@pytest.fixture
+def lm_head_rows(monkeypatch) -> list[int]:
+    """The number of positions TRL's fused LM head scores, one entry per call (a spy on
+    ``trl.trainer.utils._ChunkedLogProbFunction`` for this test)."""
+    from trl.trainer import utils as trl_utils
+
+    rows: list[int] = []
+    chunked = trl_utils._ChunkedLogProbFunction
+
+    class Spy:
+        @staticmethod
+        def apply(hidden, *args):
+            rows.append(hidden.shape[0])
+            return chunked.apply(hidden, *args)
+
+    monkeypatch.setattr(trl_utils, "_ChunkedLogProbFunction", Spy)
+    return rows
+
+
 @pytest.fixture(scope="session")
 def tiny_base(tmp_path_factory) -> Path:
     """A tokenizer trained on toy-world text and a tiny random-init MistralForCausalLM, saved."""

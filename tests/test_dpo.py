@@ -128,7 +128,7 @@ def test_dpo_loss_matches_trl(assets):
         assert torch.allclose(stored, lp["policy", side], atol=1e-4)
 
 
-def test_unpadded_backbone_gives_trls_padded_loss_gradients_and_reference(assets, monkeypatch):
+def test_unpadded_backbone_gives_trls_padded_loss_gradients_and_reference(assets, lm_head_rows):
     """``padding_free``: TRL's DPO loss, its gradients and its precomputed reference log-probs are
     those of the padded batch within float rounding, the backbone sees only the real tokens and
     the LM head scores only the labelled ones (``modeling.labelled_positions_only``). Attention leaking
@@ -136,17 +136,6 @@ def test_unpadded_backbone_gives_trls_padded_loss_gradients_and_reference(assets
     from transformers import AutoModelForCausalLM
     from trl import DPOTrainer
     from trl.trainer import utils as trl_utils
-
-    head_rows = []
-    chunked = trl_utils._ChunkedLogProbFunction
-
-    class Spy:  # the rows TRL's fused LM head scores
-        @staticmethod
-        def apply(hidden, *args):
-            head_rows.append(hidden.shape[0])
-            return chunked.apply(hidden, *args)
-
-    monkeypatch.setattr(trl_utils, "_ChunkedLogProbFunction", Spy)
 
     tok = assets["tok"]
     cfg = _cfg(beta=0.3)
@@ -175,7 +164,7 @@ def test_unpadded_backbone_gives_trls_padded_loss_gradients_and_reference(assets
         refs = torch.tensor([trainer.train_dataset[i]["ref_chosen_logps"] for i in range(len(rows))])
         labelled = int((batch["completion_mask"][:, 1:] * batch["attention_mask"][:, 1:]).sum())
         results[name] = (loss.item(), grad, refs, seen[-1], int(batch["attention_mask"].sum()), batch["input_ids"].numel(),
-                         head_rows[-1], labelled)
+                         lm_head_rows[-1], labelled)
         assert policy.config._attn_implementation == "sdpa" and "forward" not in vars(policy.get_decoder())
     assert trl_utils._use_triton(torch.device("cpu")) is False  # restored on exit
     (l_pad, g_pad, r_pad, n_pad, real, padded, h_pad, _), (l_free, g_free, r_free, n_free, _, _, h_free, labelled) = \

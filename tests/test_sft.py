@@ -150,7 +150,7 @@ def test_padding_free_batches_give_the_padded_loss_and_gradients_without_the_pad
     assert abs(model(**flat).loss.item() - l_free) > 1e-3
 
 
-def test_trls_head_scores_only_the_tokens_that_carry_loss(tiny_base, tiny_chat_data, tmp_path, monkeypatch):
+def test_trls_head_scores_only_the_tokens_that_carry_loss(tiny_base, tiny_chat_data, tmp_path, lm_head_rows):
     """modeling.labelled_positions_only: SFTTrainer's own loss and gradients on a padding-free batch
     are those TRL computes over every position, within float rounding, while its LM head scores
     only the positions with a label (assistant tokens); the switch is restored on exit."""
@@ -161,15 +161,6 @@ def test_trls_head_scores_only_the_tokens_that_carry_loss(tiny_base, tiny_chat_d
 
     from zephyr_lib import modeling
 
-    rows, chunked = [], trl_utils._ChunkedLogProbFunction
-
-    class Spy:
-        @staticmethod
-        def apply(hidden, *args):
-            rows.append(hidden.shape[0])
-            return chunked.apply(hidden, *args)
-
-    monkeypatch.setattr(trl_utils, "_ChunkedLogProbFunction", Spy)
     tok = AutoTokenizer.from_pretrained(tiny_base)
     train, test = sft.load_sft_data(tiny_chat_data)
     results = {}
@@ -185,7 +176,7 @@ def test_trls_head_scores_only_the_tokens_that_carry_loss(tiny_base, tiny_chat_d
             loss = trainer.compute_loss(model, batch)
         loss.backward()
         grad = torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None])
-        results[name] = (loss.item(), grad, rows[-1])
+        results[name] = (loss.item(), grad, lm_head_rows[-1])
     assert trl_utils._use_triton(torch.device("cpu")) is False
     (l_all, g_all, n_all), (l_lab, g_lab, n_lab) = results["every position"], results["labelled only"]
     labelled = int((batch["labels"][:, 1:] != -100).sum())

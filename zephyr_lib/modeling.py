@@ -405,7 +405,7 @@ def labelled_positions_only():
     chunks and takes each token's log-probability; on Triton devices (GPUs) it does that for the
     labelled positions only, elsewhere for every position of the padded batch, prompt and padding
     included, and masks the result. The values at the labelled positions are the same either way
-    (within float rounding; tests/test_dpo.py); on a CPU the other positions are much of the
+    (within float rounding; tests/test_sft.py, tests/test_dpo.py); on a CPU the other positions are much of the
     head's work. dSFT and dDPO use it with their ``padding_free`` batches. If TRL no longer has
     the switch, nothing changes but the speed."""
     import warnings
