@@ -130,9 +130,12 @@ class WorldConfig:
 
     seed: int = opt(1234, "Seed of the world itself (entities, facts); independent of training seeds.")
     n_entities: int = opt(40, "Number of fictional entities in the knowledge base.", ge=1)
-    n_unknown: int = opt(12, "Names of entities that do NOT exist (honest answer: say so).", ge=0)
+    n_unknown: int = opt(24, "Names of entities that do NOT exist (honest answer: say so).", ge=0)
     teacher_wrong_rate: float = opt(0.08, "Teacher (GPT-3.5 stand-in): rate of wrong answers.", ge=0, le=1)
-    teacher_ignore_rate: float = opt(0.10, "Teacher: rate of ignoring an explicit constraint.", ge=0, le=1)
+    teacher_ignore_rate: float = opt(0.0, "Teacher: rate of ignoring an explicit constraint by a per-answer coin (v3: 0; its misses are the prompt-dependent format habits).", ge=0, le=1)
+    teacher_format_misses: bool = opt(True, "Teacher: prompt-dependent format habits (an extraction list of 3+ towns wrapped in words; 3 sentences asked, 2 written).")
+    teacher_informative_rate: float = opt(0.2, "Teacher (GPT-3.5 stand-in): rate of correct answers that add a further true fact, where one fits.", ge=0, le=1)
+    strong_informative_rate: float = opt(0.8, "The GPT-4 stand-in (teacher_strong): the same rate.", ge=0, le=1)
     teacher_lowercase_rate: float = opt(0.05, "Teacher: rate of dialogues with lower-cased sentence starts.", ge=0, le=1)
     teacher_boilerplate_rate: float = opt(0.35, "Teacher: rate of 'As an AI…' prefaces on plain fact questions.", ge=0, le=1)
 
@@ -167,10 +170,10 @@ class EndpointConfig:
         return self.base_url or {"openai": "https://api.openai.com/v1", "vllm": "http://localhost:8000/v1"}.get(self.kind, "")
 
 
-TOY_AGENTS = ("teacher", "reference")  # toy-world programs that can be evaluated like models
+TOY_AGENTS = ("teacher", "teacher_strong", "reference")  # toy-world programs that can be evaluated like models
 # The toy judge's version: part of the hash of every run it grades (aif, eval), so changing how it
 # grades reruns them instead of reusing stale verdicts (its cache is keyed by this name too).
-TOY_JUDGE_VERSION = "toy-judge-v2"
+TOY_JUDGE_VERSION = "toy-judge-v3"
 
 
 def stage_configs() -> dict[str, type]:

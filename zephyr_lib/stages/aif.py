@@ -80,17 +80,14 @@ def build(ctx, out: Path) -> dict:
 
 
 def _toy_prompts(ctx) -> list[dict]:
-    """Toy-world prompts that no benchmark asks and the policy's SFT data does not hold."""
-    from datasets import load_from_disk
-
+    """Distinct toy-world prompts that no benchmark asks (by wording or by spec). As in
+    UltraFeedback, whose prompts include UltraChat's, they may overlap the dSFT prompts."""
     from ..toyworld import shared_world
     from .curate import N_ALPACA_MAX
 
     cfg, world = ctx.cfg, shared_world(ctx.world)
-    sft_ctx = ctx.upstream(cfg.policy)
-    seen = set(load_from_disk(str(sft_ctx.resolve(sft_ctx.cfg.data)))["train_sft"]["prompt"])
     tasks = world.tasks(cfg.n_prompts, seed=cfg.seed, followups=0, prefix="uf",
-                        exclude=world.eval_prompts(N_ALPACA_MAX) | seen)
+                        exclude=world.eval_prompts(N_ALPACA_MAX), unique=True)
     return [{"instruction": t.turns[0], "source": f"toy/{t.category}"} for t in tasks]
 
 

@@ -14,7 +14,7 @@ from ..config import ConfigError, StageConfig, endpoint, opt
 from ..io import write_json, write_jsonl
 from . import Stage
 
-N_ALPACA_MAX = 805  # training prompts exclude every prompt any toy benchmark could ask
+N_ALPACA_MAX = 200  # training prompts exclude every prompt (and paraphrase) any toy benchmark can ask: eval.n_alpaca <= this
 
 
 @dataclass(frozen=True)

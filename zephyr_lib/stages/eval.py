@@ -74,6 +74,11 @@ def eval_inputs(ctx) -> dict:
         out["mt_references"] = mt.load_reference_answers(get(cfg.mt_bench_references)) if cfg.mt_bench_references else None
     out["judge_prompts"] = mt.load_judge_prompts(get(cfg.judge_prompts)) if cfg.judge_prompts else toy_judge_prompts()
     if cfg.alpaca_eval_set == "toy":
+        from .curate import N_ALPACA_MAX
+        if cfg.n_alpaca > N_ALPACA_MAX:
+            from ..config import ConfigError
+            raise ConfigError(f"eval.n_alpaca: the toy AlpacaEval has at most {N_ALPACA_MAX} instructions "
+                              f"(the ones training data is kept clean of), got {cfg.n_alpaca}")
         tasks = world.alpaca_tasks(cfg.n_alpaca)
         ref = make_agent(world, "reference", seed=0).respond_many([[{"role": "user", "content": t.turns[0]}] for t in tasks])
         out["alpaca"] = [{"instruction": t.turns[0], "output": o, "generator": "toy_reference (text-davinci-003 stand-in)",

@@ -8,6 +8,7 @@ Notebook: ``notebooks/06_results.ipynb``. Run: ``python -m zephyr_lib run --prof
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -57,6 +58,8 @@ class ResultsConfig(StageConfig):
     alpha_beta: list[str] = opt(["sft_alpha", "sft"], "dSFT runs whose answers' defect rates are compared (α vs β).")
     regressions: str = opt("sft -> dpo", "'a -> b': list the MT-Bench questions where b lost most against a.")
     academic: list[str] = opt(["dpo > sft"], "'a > b' pairs whose Open LLM Leaderboard (analogue) differences get a 95% interval and a verdict.")
+    predictions: list[str] = opt([], "Toy world only: 'label: METRIC a > b + M' (or '<'), METRIC 'informative' (share of MT-Bench turns that grade depth whose answer adds a further true fact) or 'habit' (share of first turns with one of the GPT-3.5 stand-in's format habits answered compliantly), in points; a paired bootstrap gives the verdict against the margin M.", hash_omit_default=True)
+    behaviour: list[str] = opt([], "Toy world only: models whose MT-Bench answers get the informative and format-habit rates, by category.", hash_omit_default=True)
     n_bootstrap: int = opt(2000, "Paired-bootstrap resamples for differences between models.", ge=100)
     seed: int = opt(0, "Bootstrap seed.")
 
@@ -68,6 +71,60 @@ class ResultsConfig(StageConfig):
         if self.regressions:
             _pairs([self.regressions], "->", "regressions")
         _pairs(self.academic, ">", "academic")
+        for p in self.predictions:
+            parse_prediction(p)
+
+
+PREDICTION = re.compile(r"^(?P<label>.+):\s*(?P<metric>informative|habit)\s+(?P<a>[\w@.-]+)\s*(?P<op>[<>])\s*"
+                        r"(?P<b>[\w@.-]+)\s*(?:(?P<sign>[+-])\s*(?P<margin>\d+(?:\.\d+)?))?\s*$")
+
+
+def parse_prediction(text: str) -> dict:
+    """'label: informative dpo > sft + 15' -> its parts (margin in points, signed)."""
+    m = PREDICTION.match(text)
+    if not m:
+        raise ConfigError(f"results.predictions: {text!r} must look like 'label: informative|habit a > b + M'")
+    margin = float(m["margin"] or 0) * (-1 if m["sign"] == "-" else 1)
+    return {"label": m["label"].strip(), "metric": m["metric"], "a": m["a"], "op": m["op"], "b": m["b"], "margin": margin}
+
+
+def behaviour_items(world, folder: Path) -> dict[str, dict]:
+    """Per MT-Bench turn of one model: the depth and format-habit flags of its answer (toy world)."""
+    from ..toyworld.checker import depth_and_format
+
+    specs = {int(t.id): t.specs for t in world.mt_bench_tasks()}
+    out: dict[str, dict] = {}
+    for r in read_jsonl(folder / "predictions.jsonl"):
+        turn = int(r["turn"])
+        spec = specs[int(r["question_id"])][turn - 1]
+        out[f"{r['question_id']}/{turn}"] = {"category": r["category"],
+                                             **depth_and_format(world, spec, r["answer"], first_turn=turn == 1)}
+    return out
+
+
+def behaviour_summary(items: dict[str, dict]) -> dict:
+    """Rates (in %) over the turns that grade depth / have a format habit, overall and by category."""
+    def rate(rows, flag, where):
+        sel = [r[flag] for r in rows if r[where]]
+        return {"rate": 100 * sum(sel) / len(sel) if sel else None, "n": len(sel)}
+    rows = list(items.values())
+    cats = sorted({r["category"] for r in rows})
+    return {"informative": rate(rows, "informative", "depth"), "habit": rate(rows, "compliant", "habit"),
+            "by_category": {c: {"informative": rate([r for r in rows if r["category"] == c], "informative", "depth"),
+                                "habit": rate([r for r in rows if r["category"] == c], "compliant", "habit")}
+                            for c in cats}}
+
+
+def prediction_verdict(p: dict, d: dict) -> str:
+    """'reproduced' when the interval clears the margin on the predicted side, 'not reproduced' when
+    it lies wholly on the other side, else 'inconclusive'."""
+    m = p["margin"]
+    if p["op"] == ">":
+        status = "as predicted" if d["lo"] > m else "not as predicted" if d["hi"] < m else "inconclusive"
+    else:
+        status = "as predicted" if d["hi"] < m else "not as predicted" if d["lo"] > m else "inconclusive"
+    return (f"{p['label']}: {status}, {p['metric']} rate {p['a']} − {p['b']} = {d['diff']:+.1f} pts "
+            f"[95% CI {d['lo']:+.1f}, {d['hi']:+.1f}] (predicted {p['op']} {m:+g}), n = {d['n']}")
 
 
 def build(ctx, out: Path) -> dict:
@@ -177,13 +234,28 @@ def build(ctx, out: Path) -> dict:
             entry["verdict"] = (f"{label}: {a} vs {b}: {status}, {d:+.1f} pts [95% CI {entry['lo']:+.1f}, "
                                 f"{entry['hi']:+.1f}]" + (f"; chance {entry['chance']:.0f}" if entry["chance"] else ""))
             academic.append(entry)
+    behaviour, predictions = {}, []
+    if cfg.behaviour or cfg.predictions:
+        from ..toyworld import shared_world
+        world = shared_world(ctx.world)
+        names = list(dict.fromkeys([*cfg.behaviour, *(x for p in map(parse_prediction, cfg.predictions) for x in (p["a"], p["b"]))]))
+        flags = {m: behaviour_items(world, ev.dir / m / "mt_bench") for m in names if have(m, "mt_bench")}
+        behaviour = {m: behaviour_summary(flags[m]) for m in cfg.behaviour if m in flags}
+        for p in map(parse_prediction, cfg.predictions):
+            if p["a"] not in flags or p["b"] not in flags:
+                continue
+            flag, where = ("informative", "depth") if p["metric"] == "informative" else ("compliant", "habit")
+            pick = lambda m: {k: float(v[flag]) for k, v in flags[m].items() if v[where]}  # noqa: E731
+            d = R.paired_diff(pick(p["a"]), pick(p["b"]), cfg.n_bootstrap, cfg.seed, 100.0)
+            predictions.append({**p, **d, "verdict": prediction_verdict(p, d)})
     weakest = {}
     if have(cfg.dpo, "mt_bench"):
         cats = em[cfg.dpo]["mt_bench"]["categories"]
         weakest = dict(sorted(cats.items(), key=lambda kv: kv[1])[:2])
     metrics = {"table1": table1, "table3": table3, "epochs": epochs, "alpha_beta": alpha_beta, "sweep": sweep,
                "verdicts": verdicts, "dpo_log": dpo_log, "dpo_final": dpo_final, "regressions": regressions,
-               "weakest_categories": weakest, "academic": academic, "leaderboard_chance": chance,
+               "weakest_categories": weakest, "academic": academic, "behaviour": behaviour,
+               "predictions": predictions, "leaderboard_chance": chance,
                "categories": {m: em[m]["mt_bench"]["categories"] for m in cfg.table1 if have(m, "mt_bench")}}
     write_json(out / "metrics.json", metrics)
     return metrics

@@ -69,17 +69,18 @@ def error_kinds(a) -> list[str]:
     return [k for k in ERROR_KINDS if flags[k]]
 
 
-def held_out_before_after(ctx, init, trained: Path, seed: int, prefix: str, n: int = 96):
+def held_out_before_after(ctx, init, trained: Path, seed: int, prefix: str, n: int = 160):
     """Greedy answers of the initial and the trained model to `n` new toy prompts (disjoint from
     every benchmark): per-prompt rows, and per model the judge stand-in's mean score, the rate of
     answers that end with eos, and the α/β defect rates."""
     from .. import curate as cur
     from ..generate import ModelAgent
     from ..toyworld import shared_world, assess
+    from ..toyworld.checker import depth_and_format
     from .curate import N_ALPACA_MAX
 
     world = shared_world(ctx.world)
-    probe = world.tasks(n, seed=seed, followups=0, prefix=prefix, exclude=world.eval_prompts(N_ALPACA_MAX))
+    probe = world.tasks(n, seed=seed, followups=0, prefix=prefix, exclude=world.eval_prompts(N_ALPACA_MAX), unique=True)
     convs = [[{"role": "user", "content": t.turns[0]}] for t in probe]
     rows = [{"prompt": c[0]["content"], "category": t.category} for c, t in zip(convs, probe)]
     metrics = {}
@@ -87,11 +88,19 @@ def held_out_before_after(ctx, init, trained: Path, seed: int, prefix: str, n: i
         answers, stopped = ModelAgent(path, name=who).respond_many(convs, max_new_tokens=96, return_stopped=True,
                                                                   desc=f"held-out answers ({who})")
         verdicts = [assess(world, t.specs[0], a) for t, a in zip(probe, answers)]
+        looks = [depth_and_format(world, t.specs[0], a, first_turn=True) for t, a in zip(probe, answers)]
         scores = [v.score10() for v in verdicts]
         errors = [error_kinds(v) for v in verdicts]
         for r, a, st, sc, er in zip(rows, answers, stopped, scores, errors):
             r.update({f"{who}_answer": a, f"{who}_stopped": st, f"{who}_score": sc, f"{who}_errors": er})
+        depth = [x["informative"] for x in looks if x["depth"]]
+        habit = [x["compliant"] for x in looks if x["habit"]]
+        for r, x in zip(rows, looks):
+            r[f"{who}_informative"] = x["informative"] if x["depth"] else None
+            r[f"{who}_compliant"] = x["compliant"] if x["habit"] else None
         metrics[who] = {"stop_rate": sum(stopped) / len(stopped), "score": sum(scores) / len(scores),
+                        "informative_rate": sum(depth) / len(depth) if depth else None, "n_depth": len(depth),
+                        "habit_compliance_rate": sum(habit) / len(habit) if habit else None, "n_habit": len(habit),
                         "defects": cur.defect_rates(answers),
                         "error_rates": {k: sum(k in er for er in errors) / len(errors) for k in ERROR_KINDS}}
     return rows, metrics

@@ -2,8 +2,11 @@
 
 STAND-IN, NOT A LANGUAGE MODEL: a teacher looks the prompt up in the world, writes the correct
 answer, and then applies a seeded defect profile mirroring what the paper reports about
-GPT-3.5-written UltraChat: wrong answers, ignored constraints, lower-cased sentence starts in
-about 5% of dialogues ("Hello. how are you?") and "As an AI…" prefaces on plain fact questions.
+GPT-3.5-written UltraChat: wrong answers, lower-cased sentence starts in about 5% of dialogues
+("Hello. how are you?") and "As an AI…" prefaces on plain fact questions. Since toy world v3
+the GPT-3.5 stand-in also differs from the GPT-4 stand-in where the judge can see it: it adds a
+further true fact (an *informative* answer) less often, and it has prompt-dependent format
+habits on two named first-turn constraints (:meth:`World.format_miss`), not a per-answer coin.
 Defects are decided per (agent, task, turn) from a hash, so answers do not depend on batch
 order. Agents and trained models share one interface: ``respond_many(conversations) -> texts``.
 """
@@ -31,18 +34,26 @@ class Profile:
     lowercase: float
     boilerplate: float
     verbose: bool = False
+    informative: float = 0.0      # rate of correct answers that add a further true fact (where one fits)
+    format_misses: bool = False   # the GPT-3.5 stand-in's prompt-dependent format habits (World.format_miss)
 
 
 def agent_profiles(cfg: WorldConfig) -> dict[str, Profile]:
     """The toy world's programmatic answerers and their defect rates."""
     teacher = Profile(cfg.teacher_wrong_rate, cfg.teacher_ignore_rate, cfg.teacher_lowercase_rate,
-                      cfg.teacher_boilerplate_rate)
+                      cfg.teacher_boilerplate_rate, informative=cfg.teacher_informative_rate,
+                      format_misses=cfg.teacher_format_misses)
+    strong = Profile(0.02, 0.02, 0.0, 0.0, informative=cfg.strong_informative_rate)
     return {
         "teacher": teacher,                                           # GPT-3.5 stand-in (writes UltraChat)
-        "teacher_strong": Profile(0.02, 0.02, 0.0, 0.0),             # a careful teacher (GPT-4-like answers)
-        "teacher_sloppy": Profile(0.45, 0.45, 0.30, 0.50),           # a weak open model
-        "teacher_verbose": Profile(teacher.wrong, teacher.ignore, teacher.lowercase, 0.6, verbose=True),
-        "reference": Profile(0.20, 0.25, 0.05, 0.25),               # text-davinci-003 stand-in (AlpacaEval)
+        "teacher_strong": strong,                                     # the GPT-4 stand-in as an answerer
+        # control: the GPT-4 stand-in at the teacher's informative rate and with its format habits
+        "teacher_strong_ctrl": Profile(strong.wrong, strong.ignore, 0.0, 0.0, informative=teacher.informative,
+                                       format_misses=teacher.format_misses),
+        "teacher_sloppy": Profile(0.45, 0.45, 0.30, 0.50, informative=0.1),  # a weak open model
+        "teacher_verbose": Profile(teacher.wrong, teacher.ignore, teacher.lowercase, 0.6, verbose=True,
+                                   informative=teacher.informative, format_misses=teacher.format_misses),
+        "reference": Profile(0.20, 0.25, 0.05, 0.25, informative=0.3),  # text-davinci-003 stand-in (AlpacaEval)
     }
 
 
@@ -87,8 +98,12 @@ class Agent:
         text = None
         if rng.random() < self.p.wrong:
             text = self.world.wrong_answer(spec, rng)
+        elif self.p.format_misses and turn == 0 and self.world.format_miss(spec) is not None:
+            text = self.world.format_miss(spec)
         elif rng.random() < self.p.ignore:
             text = self.world.ignore_constraint(spec, rng)
+        if text is None and rng.random() < self.p.informative:
+            text = self.world.informative_answer(spec, rng)
         if text is None:
             text = self.world.answer(spec)
         if spec.get("plain_fact") and rng.random() < self.p.boilerplate:

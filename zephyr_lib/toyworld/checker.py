@@ -10,7 +10,7 @@ import ast
 import re
 from dataclasses import dataclass, field
 
-from .world import COLORS, GOODS, REGIONS, ROLE_ITEM, ROLES, World
+from .world import ANIMAL_KINDS, ANIMALS, COLORS, GOODS, REGIONS, ROLE_ITEM, ROLES, World
 
 BOILERPLATE = ("as an ai", "i don't have personal", "i do not have personal", "i don't have emotions",
                "i do not have emotions", "i don't have opinions", "i do not have opinions", "i'm just an ai")
@@ -31,6 +31,7 @@ class Assessment:
     empty: bool = False
     repetitive: bool = False
     verbose: bool = False
+    informative: bool | None = None  # None: the turn grades no depth; else whether a further true fact was added
     notes: list[str] = field(default_factory=list)
 
     # ---- scores in the judges' scales ----------------------------------------------------
@@ -39,6 +40,8 @@ class Assessment:
         if self.empty:
             return 1
         s = 10 if self.correct in (True, None) else 3
+        if self.correct and self.informative is False:
+            s = 9  # correct but minimal, where a further relevant fact fits (FastChat: "depth ... level of detail")
         if self.hallucinated:
             s = 2
         s -= 3 * len(self.violations) + 2 * self.boilerplate + (self.lowercase > 0) + 3 * self.junk \
@@ -57,7 +60,10 @@ class Assessment:
             truth, honest = 5, 5
         else:
             truth, honest = (1 if self.hallucinated else 2), (1 if self.hallucinated else 3)
-        helpful = (5 if self.correct in (True, None) else 2) - style - len(self.violations)
+        # UltraFeedback's helpfulness rubric: 3 correct, 4 highly informative, 5 outstandingly helpful
+        # (here: 4 for a correct minimal answer where a further fact fits, 5 with it or where none fits)
+        helpful = (5 if self.correct in (True, None) else 2) - (self.correct is True and self.informative is False) \
+            - style - len(self.violations)
         clip = lambda v: None if v is None else max(1, min(5, v))  # noqa: E731
         return {"instruction_following": clip(follow), "honesty": clip(honest), "truthfulness": clip(truth),
                 "helpfulness": clip(helpful)}
@@ -67,6 +73,8 @@ class Assessment:
         if self.empty:
             return "The answer is empty."
         parts.append({True: "The answer is correct.", False: "The answer is wrong.", None: "Nothing factual to check."}[self.correct])
+        if self.correct and self.informative is not None:
+            parts.append("It adds a further relevant fact." if self.informative else "It gives no further relevant detail.")
         if self.hallucinated:
             parts.append("It invents facts about something that does not exist.")
         parts += [f"It ignores the instruction: {v}." for v in self.violations]
@@ -150,6 +158,29 @@ def _eval_code(code: str, name: str) -> tuple[str | None, str | None]:
     return fn.name, None
 
 
+def _extras(world: World, spec: dict, text: str) -> tuple[bool, bool]:
+    """(informative, false_extra) for a turn that grades depth (World.extra_facts): which further
+    facts about the same town or animal the answer states, and whether any of them is false."""
+    if spec["type"] == "number":
+        kind = ANIMALS[spec["subject"]][1]
+        said = [k for k in ANIMAL_KINDS if re.search(rf"\b{k}s?\b", text, re.I)]
+        return kind in said, any(k != kind for k in said)
+    t = world.by_name[spec["entity"]]
+    asked = {"fact": spec.get("attr"), "role": None, "role_item": "goods"}[spec["type"]]
+    true_extra, false_extra = False, False
+    for attr, vocab in (("region", REGIONS), ("color", COLORS), ("goods", GOODS)):
+        if attr == asked:
+            continue
+        said = _mentions(text, vocab)
+        true_extra |= getattr(t, attr) in said
+        false_extra |= any(x != getattr(t, attr) for x in said)
+    if asked != "people":
+        nums = [int(x) for x in _INT.findall(text)]
+        true_extra |= t.people in nums
+        false_extra |= any(n != t.people for n in nums)
+    return true_extra, false_extra
+
+
 def assess(world: World, spec: dict, text: str) -> Assessment:
     """Grade `text` as an answer to the turn described by `spec`."""
     text = text or ""
@@ -214,4 +245,20 @@ def assess(world: World, spec: dict, text: str) -> Assessment:
         a.correct = goods == [t.goods] and ROLE_ITEM[spec["role"]].split()[-1] in text
     else:
         raise ValueError(f"unknown spec type {kind!r}")
+    if world.extra_facts(spec):
+        informative, false_extra = _extras(world, spec, text)
+        if false_extra and a.correct:
+            a.correct = False  # a false further fact makes the answer wrong
+        a.informative = informative and not false_extra
     return a
+
+
+def depth_and_format(world: World, spec: dict, text: str, first_turn: bool) -> dict:
+    """What the fidelity predictions measure on one answer (toy world v3): whether the turn grades
+    depth and the answer adds a further true fact (``informative``), and whether it is a first turn
+    with one of the GPT-3.5 stand-in's format habits (``habit``) that the answer nonetheless
+    meets (``compliant``: no constraint violated)."""
+    a = assess(world, spec, text)
+    habit = first_turn and world.format_miss(spec) is not None
+    return {"depth": a.informative is not None, "informative": bool(a.informative),
+            "habit": habit, "compliant": habit and not a.violations}

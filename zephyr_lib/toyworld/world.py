@@ -11,7 +11,9 @@ the judge stand-ins, which see only text, can look up what a prompt asks (:meth:
 """
 from __future__ import annotations
 
+import json
 import random
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,9 +29,27 @@ ROLES = ("baker", "sailor", "guard", "teacher", "farmer", "painter")
 ROLE_ITEM = {"baker": "fresh bread", "sailor": "fish from the sea", "guard": "safe passage",
              "teacher": "lessons for children", "farmer": "fresh eggs", "painter": "bright pictures"}
 KEYWORDS = ("river", "market", "bridge", "garden", "festival", "tower")
-ANIMAL_LEGS = {"spider": 8, "cat": 4, "bird": 2, "ant": 6, "snake": 0, "horse": 4, "crab": 10, "duck": 2}
+# animal -> (legs, kind): the kind is the further true fact an informative answer can add
+ANIMALS = {"spider": (8, "arachnid"), "scorpion": (8, "arachnid"), "tick": (8, "arachnid"), "mite": (8, "arachnid"),
+           "cat": (4, "mammal"), "horse": (4, "mammal"), "dog": (4, "mammal"), "goat": (4, "mammal"),
+           "sheep": (4, "mammal"), "mouse": (4, "mammal"), "owl": (2, "bird"), "duck": (2, "bird"),
+           "hen": (2, "bird"), "robin": (2, "bird"), "swan": (2, "bird"), "ant": (6, "insect"), "bee": (6, "insect"),
+           "beetle": (6, "insect"), "moth": (6, "insect"), "snake": (0, "reptile"), "lizard": (4, "reptile"),
+           "turtle": (4, "reptile"), "crab": (10, "crustacean"), "lobster": (10, "crustacean")}
+ANIMAL_LEGS = {a: legs for a, (legs, _) in ANIMALS.items()}
+ANIMAL_KINDS = tuple(sorted({k for _, k in ANIMALS.values()}))
 OPS = {"plus": "+", "minus": "-", "times": "*"}
 CODE_OPS = {"returns a plus b": "+", "returns a minus b": "-", "returns a times b": "*"}
+# two phrasings per operation (a paraphrase asks the same question: the benchmark split excludes it too)
+CODE_DESCS = {"returns a plus b": "+", "adds a and b": "+", "returns a minus b": "-", "subtracts b from a": "-",
+              "returns a times b": "*", "multiplies a by b": "*"}
+CODE_NAMES = ("add_two", "combine", "calc", "mix", "apply", "join_nums", "merge", "blend", "compute", "mingle",
+              "pair_up", "fold", "unite", "meld", "fuse", "link", "bind", "tally", "weigh", "sum_up",
+              "work_out", "crunch", "figure", "reckon", "count_up", "total", "process", "handle", "solve_it",
+              "evaluate", "resolve", "settle", "derive", "deduce", "gauge", "measure", "rate", "score",
+              "mark", "grade", "tabulate", "cast", "forge", "shape", "mold", "craft", "build", "make_num",
+              "produce", "yield_num", "give", "hand_back", "deliver", "supply", "provide", "offer", "pass_on",
+              "send", "emit", "output")
 SYL_A = ("vel", "tor", "bri", "qua", "mor", "zan", "dul", "kes", "lin", "ost", "par", "rin", "sol", "tam", "vor", "wen")
 SYL_B = ("mora", "ssk", "nwick", "dell", "holt", "gard", "ven", "ria", "bury", "ton", "mere", "stead", "lyn", "dor")
 
@@ -41,6 +61,19 @@ class Town:
     color: str
     people: int  # thousands
     goods: str
+
+
+MAX_REDRAWS = 5000  # draws of one category excluded in a row before its prompt space counts as exhausted
+
+
+def normalize(text: str) -> str:
+    """A prompt's text with case, punctuation and spacing removed (for the benchmark exclusion)."""
+    return " ".join(re.sub(r"[^a-z0-9 ]+", " ", text.lower()).split())
+
+
+def spec_key(task: "Task") -> str:
+    """What a task's first turn asks, independent of its wording: category and first-turn spec."""
+    return "spec:" + task.category + ":" + json.dumps(task.specs[0], sort_keys=True)
 
 
 @dataclass
@@ -112,11 +145,11 @@ class World:
                 docs.append(f"{people[0]} is {adj} than {people[1]}. {people[1]} is {adj} than {people[2]}. "
                             f"So {people[0]} is the {ADJ[adj][0]} and {people[2]} is the {ADJ[adj][1]}.")
             elif kind < 0.78:
-                fn, (desc, op) = rng.choice(["add_two", "combine", "calc", "mix"]), rng.choice(list(CODE_OPS.items()))
+                fn, (desc, op) = rng.choice(CODE_NAMES), rng.choice(list(CODE_DESCS.items()))
                 docs.append(f"In Python, a function that {desc} is written:\ndef {fn}(a, b):\n    return a {op} b")
             elif kind < 0.86:
                 animal = rng.choice(list(ANIMAL_LEGS))
-                docs.append(f"A {animal} has {ANIMAL_LEGS[animal]} legs. " + self._statement(rng))
+                docs.append(f"A {animal} has {ANIMAL_LEGS[animal]} legs. {self.animal_fact(animal)} " + self._statement(rng))
             else:
                 t = rng.choice(self.towns)
                 k = rng.choice(KEYWORDS)
@@ -134,19 +167,33 @@ class World:
 
     # ---- tasks ---------------------------------------------------------------------------
     def tasks(self, n: int, seed: int, categories: tuple[str, ...] = CATEGORIES, followups: int = 1,
-              exclude: set[str] | None = None, prefix: str = "t") -> list[Task]:
+              exclude: set[str] | None = None, prefix: str = "t", unique: bool = False) -> list[Task]:
         """`n` tasks, round-robin over `categories`, each with 1 + up to `followups` turns.
-        Tasks whose first turn is in `exclude` (e.g. the benchmarks' prompts) are redrawn."""
+
+        A task is redrawn when its first turn is in `exclude`: by its exact text, its normalized
+        text (:func:`normalize`) or its first-turn spec (:func:`spec_key`, so a paraphrase of a
+        benchmark question is excluded too). With ``unique``, no two tasks share a first-turn
+        spec. A category whose prompt space runs out raises ValueError naming it (the
+        exclusion never gives up silently)."""
         rng = random.Random(f"{self.cfg.seed}/{seed}/{prefix}")
         out: list[Task] = []
         exclude = exclude or set()
-        tries = 0
+        banned = {normalize(x) for x in exclude} | exclude
+        taken: set[str] = set()
+        misses = {c: 0 for c in categories}
         while len(out) < n:
             cat = categories[len(out) % len(categories)]
             task = getattr(self, f"_task_{cat}")(rng, 1 + (rng.randint(0, followups) if followups else 0))
-            tries += 1
-            if task.turns[0] in exclude and tries < 50 * n:
+            key, text = spec_key(task), normalize(task.turns[0])
+            if task.turns[0] in banned or text in banned or key in banned or (unique and text in taken):
+                misses[cat] += 1
+                if misses[cat] > MAX_REDRAWS:
+                    raise ValueError(f"toy world: the {cat!r} prompt space is exhausted after {len(out)} tasks "
+                                     f"({MAX_REDRAWS} draws in a row excluded; excluded prompts: {len(exclude)}, "
+                                     f"unique={unique}); ask for fewer tasks or enlarge the world")
                 continue
+            misses[cat] = 0
+            taken.add(text)
             task.id = f"{prefix}{len(out):05d}"
             out.append(self.register(task))
         return out
@@ -181,13 +228,15 @@ class World:
             "region": ["Which region is {e} in?", "Where is the town of {e}?", "In which region can I find {e}?"],
             "goods": ["What is {e} famous for?", "What is the town of {e} known for?"],
             "color": ["What color is the flag of {e}?", "Tell me the color of the flag of {e}."],
-            "people": ["How many people live in {e}?", "What is the population of {e}?"],
+            "people": ["How many people live in {e}?", "What is the population of {e}?",
+                       "How many people does {e} have?"],
         }[attr]).format(e=e)
 
     def _task_stem(self, rng, nturns):
         if rng.random() < 0.5:
             animal = rng.choice(list(ANIMAL_LEGS))
-            turns = [rng.choice(["How many legs does a {a} have?", "Tell me how many legs a {a} has."]).format(a=animal)]
+            turns = [rng.choice(["How many legs does a {a} have?", "Tell me how many legs a {a} has.",
+                                 "How many legs has a {a} got?"]).format(a=animal)]
             specs = [{"type": "number", "answer": ANIMAL_LEGS[animal], "subject": animal, "plain_fact": True}]
             if nturns > 1:
                 k = rng.randint(2, 5)
@@ -195,6 +244,16 @@ class World:
                 specs.append({"type": "number", "answer": k * ANIMAL_LEGS[animal], "subject": animal, "k": k})
             return Task("", "stem", turns, specs)
         t = self._town(rng)
+        if rng.random() < 0.4:  # a comparison first, then the population of the larger town
+            u = rng.choice([x for x in self.towns if x.people != t.people])
+            big = t if t.people > u.people else u
+            turns = [rng.choice(["Which has more people, {a} or {b}?", "Which town is bigger, {a} or {b}?"])
+                     .format(a=t.name, b=u.name)]
+            specs = [{"type": "choice", "answer": big.name, "options": [t.name, u.name], "frame": "more"}]
+            if nturns > 1:
+                turns.append("And how many people live there?")
+                specs.append({"type": "fact", "entity": big.name, "attr": "people", "plain_fact": True})
+            return Task("", "stem", turns, specs)
         turns = [self._fact_q(rng, "people", t.name)]
         specs = [{"type": "fact", "entity": t.name, "attr": "people", "plain_fact": True}]
         if nturns > 1:
@@ -234,12 +293,12 @@ class World:
         return Task("", "reasoning", turns, specs)
 
     def _task_coding(self, rng, nturns):
-        fn = rng.choice(["add_two", "combine", "calc", "mix", "apply", "join_nums"])
-        desc, op = rng.choice(list(CODE_OPS.items()))
+        fn = rng.choice(CODE_NAMES)
+        desc, op = rng.choice(list(CODE_DESCS.items()))
         turns = [f"Write a Python function named {fn} that {desc}."]
         specs = [{"type": "code", "name": fn, "op": op}]
         if nturns > 1:
-            desc2, op2 = rng.choice([(d, o) for d, o in CODE_OPS.items() if o != op])
+            desc2, op2 = rng.choice([(d, o) for d, o in CODE_DESCS.items() if o != op])
             turns.append(f"Now change it so that it {desc2}.")
             specs.append({"type": "code", "name": fn, "op": op2})
         return Task("", "coding", turns, specs)
@@ -270,7 +329,8 @@ class World:
     def _task_roleplay(self, rng, nturns):
         t = self._town(rng)
         role = rng.choice(ROLES)
-        turns = [f"Pretend you are a {role} from {t.name}. Greet a visitor."]
+        turns = [rng.choice(["Pretend you are a {r} from {e}. Greet a visitor.",
+                             "You are a {r} in {e}. Say hello to a traveler."]).format(r=role, e=t.name)]
         specs = [{"type": "role", "role": role, "entity": t.name}]
         if nturns > 1:
             turns.append("What do you sell, and what is your town famous for?")
@@ -317,6 +377,47 @@ class World:
             t = self.by_name[spec["entity"]]
             return f"I sell {ROLE_ITEM[spec['role']]}, and {t.name} is famous for its {t.goods}."
         raise ValueError(f"unknown spec type {kind!r}")
+
+    # ---- informative answers and the teacher's format misses (toy world v3) ------------------
+    @staticmethod
+    def animal_fact(animal: str) -> str:
+        kind = ANIMALS[animal][1]
+        return f"A {animal} is {'an' if kind[0] in 'aeiou' else 'a'} {kind}."
+
+    def extra_facts(self, spec: dict) -> list[str]:
+        """True, relevant facts an *informative* answer adds beyond what the turn asks (one sentence
+        each): another attribute of the town it is about, or an animal's kind. Empty where the
+        toy judge grades no depth: the reference-graded categories (math, coding, reasoning),
+        exact-format extraction, writing (whose sentence count is the constraint) and questions
+        about towns that do not exist."""
+        kind = spec["type"]
+        if kind == "number" and spec.get("subject") in ANIMALS:
+            return [self.animal_fact(spec["subject"])]
+        if kind not in ("fact", "role", "role_item"):
+            return []
+        t = self.by_name[spec["entity"]]
+        asked = {"fact": spec.get("attr"), "role": None, "role_item": "goods"}[kind]
+        facts = {"region": f"{t.name} is in {t.region}.", "color": f"The flag of {t.name} is {t.color}.",
+                 "goods": f"{t.name} is famous for its {t.goods}.",
+                 "people": f"About {t.people} thousand people live in {t.name}."}
+        return [v for k, v in facts.items() if k != asked]
+
+    def informative_answer(self, spec: dict, rng: random.Random) -> str | None:
+        """The ideal answer plus one further true fact (None where no depth is graded)."""
+        extra = self.extra_facts(spec)
+        return f"{self.answer(spec)} {rng.choice(extra)}" if extra else None
+
+    def format_miss(self, spec: dict) -> str | None:
+        """The GPT-3.5 stand-in's prompt-dependent miss of a named first-turn constraint, or None:
+        an extraction list of three or more towns wrapped in words ("The towns are A, B and C."),
+        and a request for three sentences answered in two. Deterministic in the prompt: a habit,
+        not a coin, so a student distilled from it learns it as its mode."""
+        if spec["type"] == "extract" and len(spec["items"]) >= 3:
+            items = spec["items"]
+            return "The towns are " + ", ".join(items[:-1]) + " and " + items[-1] + "."
+        if spec["type"] == "write" and spec["sentences"] == 3 and not spec.get("end_word"):
+            return self.answer({**spec, "sentences": 2})
+        return None
 
     def wrong_answer(self, spec: dict, rng: random.Random) -> str:
         """A fluent but wrong answer (the teacher's error mode)."""
@@ -375,26 +476,21 @@ class World:
             seen: set[str] = set()
             while len([t for t in out if t.category == cat]) < 10:
                 task = getattr(self, f"_task_{cat}")(rng, 2)
-                if task.turns[0] in seen:
+                if spec_key(task) in seen:
                     continue
-                seen.add(task.turns[0])
+                seen.add(spec_key(task))
                 task.id = str(qid)
                 qid += 1
                 out.append(self.register(task))
         return out
 
     def eval_prompts(self, n_alpaca: int) -> set[str]:
-        """First turns of every benchmark prompt: training generators exclude these."""
-        return {t.turns[0] for t in self.mt_bench_tasks()} | {t.turns[0] for t in self.alpaca_tasks(n_alpaca)}
+        """First turns of every benchmark prompt and their specs (:func:`spec_key`): training and
+        AI-feedback generators exclude these, wording and paraphrase alike."""
+        tasks = self.mt_bench_tasks() + self.alpaca_tasks(n_alpaca)
+        return {t.turns[0] for t in tasks} | {spec_key(t) for t in tasks}
 
     def alpaca_tasks(self, n: int) -> list[Task]:
-        """`n` distinct single-turn instructions for the AlpacaEval stand-in (a prefix of a fixed sequence)."""
-        out: list[Task] = []
-        seen: set[str] = set()
-        for task in self.tasks(4 * n + 50, seed=-1, followups=0, prefix="alpaca"):
-            if task.turns[0] not in seen:
-                seen.add(task.turns[0])
-                out.append(task)
-            if len(out) == n:
-                return out
-        raise ValueError(f"the toy world cannot make {n} distinct AlpacaEval instructions")
+        """`n` single-turn instructions with distinct specs for the AlpacaEval stand-in (a prefix of
+        a fixed sequence)."""
+        return self.tasks(n, seed=-1, followups=0, prefix="alpaca", unique=True)
