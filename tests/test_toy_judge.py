@@ -75,7 +75,7 @@ def test_mt_bench_single_oracle_gets_10_and_wrong_answer_at_most_3(world, mt_tas
     good_msgs, wrong_msgs = [], []
     for t in mt_tasks:
         q, refs = _question(t), _refs(world, t)
-        good = [world.answer(s) for s in t.specs]
+        good = [world.informative_answer(s, rng) or world.answer(s) for s in t.specs]  # depth graded: a further fact
         wrong = [world.wrong_answer(s, rng) for s in t.specs]
         for turn in (1, 2):
             good_msgs.append(mt.build_single_judge_messages(q, good, prompts, turn, refs))
@@ -127,7 +127,7 @@ def test_mt_bench_pairwise_picks_the_oracle_in_both_orders(world, mt_tasks, prom
     msgs = []
     for t in mt_tasks:
         q, refs = _question(t), _refs(world, t)
-        good = [world.answer(s) for s in t.specs]
+        good = [world.informative_answer(s, rng) or world.answer(s) for s in t.specs]  # depth graded: a further fact
         wrong = [world.wrong_answer(s, rng) for s in t.specs]
         for turn in (1, 2):
             msgs.append(mt.build_pair_judge_messages(q, good, wrong, prompts, turn, refs))
@@ -242,7 +242,7 @@ def test_ultrafeedback_aspect_and_overall_replies_parse(world, tmp_path):
     for task in (fact, unknown):
         inst, spec = task.turns[0], task.specs[0]
         user = [{"role": "user", "content": inst}]
-        comps = [world.answer(spec), world.wrong_answer(spec, rng),
+        comps = [world.informative_answer(spec, rng) or world.answer(spec), world.wrong_answer(spec, rng),
                  make_agent(world, "teacher_sloppy").respond(user), make_agent(world, "teacher").respond(user)]
         msgs = [fb.build_aspect_messages(a, inst, comps, world_knowledge=fb.DEFAULT_WORLD_KNOWLEDGE)
                 for a in fb.ASPECTS]
