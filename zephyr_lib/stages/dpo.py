@@ -59,6 +59,7 @@ def on_policy_diagnostics(ctx, res: dict) -> dict:
     pair (the reference is the ``init`` policy, tokenized and truncated as DPO sees the pair), so
     the diagnostic costs no forward pass; ``diagnose_pairs`` of them, sampled with the run's seed."""
     import random
+    from collections import Counter
 
     from datasets import load_from_disk
 
@@ -71,7 +72,12 @@ def on_policy_diagnostics(ctx, res: dict) -> dict:
     members_file = ctx.upstream(ref_run(cfg.data)).dir / "pair_members.jsonl"
     if not cfg.diagnose_pairs or not ref or not members_file.exists():
         return {}
-    who = {m["prompt_id"]: m for m in read_jsonl(members_file)}
+    members = read_jsonl(members_file)
+    counts = Counter(m["prompt_id"] for m in members)
+    repeated = {i for i, c in counts.items() if c > 1}
+    # a pair is credited to a pool member only when its prompt has one pair: a repeated prompt's
+    # pairs cannot be told apart by prompt_id (the toy world's AI-feedback prompts are unique)
+    who = {m["prompt_id"]: m for m in members if m["prompt_id"] not in repeated}
     train = load_from_disk(str(ctx.resolve(cfg.data)))["train_prefs"]
     if len(train) != len(ref["chosen"]):
         raise RuntimeError(f"{ctx.resolve(cfg.data)}: {len(train)} train_prefs rows but {len(ref['chosen'])} "
@@ -87,7 +93,7 @@ def on_policy_diagnostics(ctx, res: dict) -> dict:
             sums.setdefault(m[f"{side}_model"], {"chosen": [], "rejected": []})[side].append(ref[side][i])
     on_policy = {member: {f"{side}_logp": (sum(v) / len(v) if v else None) for side, v in d.items()}
                  | {f"n_{side}": len(v) for side, v in d.items()} for member, d in sums.items()}
-    return {"on_policy": on_policy} if on_policy else {}
+    return {"on_policy": on_policy, "on_policy_ambiguous_prompts": len(repeated)} if on_policy else {}
 
 
 STAGE = Stage("dpo", DPOConfig, notebook="04_dpo", artifact="model", build=build, resumable=True, trainer=True)
