@@ -64,6 +64,31 @@ def test_every_stage_ran_and_wrote_its_formats(site):
     assert aif["pool"]["teacher_strong"]["overall"] > aif["pool"]["teacher_sloppy"]["overall"]
 
 
+def test_training_and_feedback_prompts_are_disjoint_from_the_benchmarks_in_the_store(site):
+    """The book's "disjoint" claim, checked on the built store: no dSFT dialogue and no AI-feedback
+    prompt asks a benchmark question, by exact text, normalized text or spec (paraphrases), and
+    the AI-feedback prompts are unique."""
+    from zephyr_lib.io import read_jsonl
+    from zephyr_lib.toyworld.world import normalize
+
+    site, _, _ = site
+    bench = read_jsonl(run_dir(site, "eval") / "toy_specs.jsonl")
+    assert {b["benchmark"] for b in bench} == {"mt_bench", "alpaca_eval"} and len(bench) >= 80
+    bench_text = {b["instruction"] for b in bench}
+    bench_norm, bench_spec = {normalize(x) for x in bench_text}, {b["spec"] for b in bench}
+    curate, aif = run_dir(site, "curate"), run_dir(site, "aif")
+    dsft = [r["data"][0] for r in read_jsonl(curate / "raw_ultrachat.jsonl")]
+    uf = read_jsonl(aif / "toy_specs.jsonl")
+    uf_rows = [r["instruction"] for r in read_jsonl(aif / "raw_ultrafeedback.jsonl")]
+    assert set(uf_rows) <= {r["instruction"] for r in uf} and len(uf_rows) > 0
+    for name, texts in (("dSFT", dsft), ("AI feedback", uf_rows)):
+        assert not set(texts) & bench_text, name
+        assert not {normalize(x) for x in texts} & bench_norm, name
+    for name, rows in (("dSFT", read_jsonl(curate / "toy_specs.jsonl")), ("AI feedback", uf)):
+        assert rows and not {r["spec"] for r in rows} & bench_spec, name
+    assert len({normalize(r["instruction"]) for r in uf}) == len(uf)
+
+
 def test_rerun_is_cached_and_a_forced_eval_makes_no_judge_calls(site):
     site, env, _ = site
     p = subprocess.run([sys.executable, "-m", "zephyr_lib", "run", "--profile", "smoke"], cwd=REPO, env=env,

@@ -63,7 +63,7 @@ def build(ctx, out: Path) -> dict:
     modeling.set_threads()
     cfg = ctx.cfg
     if cfg.source == "toy":
-        prompts = _toy_prompts(ctx)
+        prompts = _toy_prompts(ctx, out)
     elif cfg.source_schema == "binarized":
         dsd = fb.load_binarized(cfg.source, revision=cfg.revision or None)
         fb.save_binarized(dsd, out / "binarized")
@@ -79,15 +79,18 @@ def build(ctx, out: Path) -> dict:
     return _annotate(ctx, prompts, out)
 
 
-def _toy_prompts(ctx) -> list[dict]:
+def _toy_prompts(ctx, out: Path) -> list[dict]:
     """Distinct toy-world prompts that no benchmark asks (by wording or by spec). As in
-    UltraFeedback, whose prompts include UltraChat's, they may overlap the dSFT prompts."""
+    UltraFeedback, whose prompts include UltraChat's, they may overlap the dSFT prompts. What each
+    asks (its spec) goes to ``toy_specs.jsonl``, for the contamination test."""
     from ..toyworld import shared_world
+    from ..toyworld.world import spec_key
     from .curate import N_ALPACA_MAX
 
     cfg, world = ctx.cfg, shared_world(ctx.world)
     tasks = world.tasks(cfg.n_prompts, seed=cfg.seed, followups=0, prefix="uf",
                         exclude=world.eval_prompts(N_ALPACA_MAX), unique=True)
+    write_jsonl(out / "toy_specs.jsonl", [{"instruction": t.turns[0], "spec": spec_key(t)} for t in tasks])
     return [{"instruction": t.turns[0], "source": f"toy/{t.category}"} for t in tasks]
 
 

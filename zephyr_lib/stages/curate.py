@@ -58,6 +58,8 @@ def build(ctx, out: Path) -> dict:
                             exclude=world.eval_prompts(N_ALPACA_MAX), prefix="uc")
         dialogues = write_dialogues(world, make_agent(world, "teacher", seed=cfg.seed), tasks)
         raw = [cur.to_raw_ultrachat(t.id, d) for t, d in zip(tasks, dialogues)]
+        from ..toyworld.world import spec_key
+        write_jsonl(out / "toy_specs.jsonl", [{"id": t.id, "spec": spec_key(t)} for t in tasks])  # what each first turn asks
     elif cfg.source == "api":  # UltraChat's loop against a real teacher (cached, so resumable)
         from .. import ultrachat
         from ..agents import judge_for

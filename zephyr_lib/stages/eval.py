@@ -67,6 +67,8 @@ def eval_inputs(ctx) -> dict:
     if cfg.mt_bench_questions == "toy":
         tasks = world.mt_bench_tasks()
         out["mt_questions"] = [{"question_id": int(t.id), "category": t.category, "turns": t.turns} for t in tasks]
+        from ..toyworld.world import spec_key
+        out["toy_specs"] = [{"benchmark": "mt_bench", "instruction": t.turns[0], "spec": spec_key(t)} for t in tasks]
         out["mt_references"] = {int(t.id): mt.answer_record(int(t.id), "toy-oracle", [world.answer(s) for s in t.specs])
                                 for t in tasks if t.category in mt.NEED_REF_CATS}
     else:
@@ -80,6 +82,8 @@ def eval_inputs(ctx) -> dict:
             raise ConfigError(f"eval.n_alpaca: the toy AlpacaEval has at most {N_ALPACA_MAX} instructions "
                               f"(the ones training data is kept clean of), got {cfg.n_alpaca}")
         tasks = world.alpaca_tasks(cfg.n_alpaca)
+        from ..toyworld.world import spec_key
+        out["toy_specs"] = out.get("toy_specs", []) + [{"benchmark": "alpaca_eval", "instruction": t.turns[0], "spec": spec_key(t)} for t in tasks]
         ref = make_agent(world, "reference", seed=0).respond_many([[{"role": "user", "content": t.turns[0]}] for t in tasks])
         out["alpaca"] = [{"instruction": t.turns[0], "output": o, "generator": "toy_reference (text-davinci-003 stand-in)",
                           "dataset": f"toy/{t.category}"} for t, o in zip(tasks, ref)]
@@ -146,6 +150,8 @@ def build(ctx, out: Path) -> dict:
     cfg = ctx.cfg
     inputs = eval_inputs(ctx)
     write_jsonl(out / "mt_bench_question.jsonl", inputs["mt_questions"])  # FastChat's question.jsonl schema
+    if "toy_specs" in inputs:
+        write_jsonl(out / "toy_specs.jsonl", inputs["toy_specs"])  # what each benchmark question asks
     judge = judge_for(ctx, cfg.judge)
     benches = {b: BENCHMARKS[b](cfg, inputs) for b in cfg.benchmarks}
     settings = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in ("models", "mt_bench_pairwise_baseline", "batch_size")}
