@@ -144,7 +144,7 @@ class LoopTimer:
 
 def configs(profile: str, sizes: BenchSizes) -> dict:
     """The profile's base/sft/dpo run configs with the data cut to the bench's step counts."""
-    from .config import load_profile
+    from .plan import load_profile
 
     prof = load_profile(profile)
     base = dataclasses.replace(prof.runs["base"].config, num_train_epochs=1.0)
@@ -362,7 +362,7 @@ def parse_runner_output(text: str) -> dict:
 
 def bench_rerun(profile: str) -> dict:
     """A second, unchanged ``zephyr run`` of the profile, if every run of it is complete."""
-    from .config import load_profile
+    from .plan import load_profile
     from .store import REPO, context, status
 
     prof = load_profile(profile)
@@ -404,7 +404,8 @@ def plan_floor(profile: str, rate: float) -> dict:
     from transformers import AutoConfig, AutoTokenizer
 
     from . import dpo as D
-    from .config import load_profile, ref_run
+    from .config import ref_run
+    from .plan import load_profile
     from .io import read_jsonl
     from .sft import load_sft_data
     from .store import context

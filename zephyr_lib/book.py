@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import json
 
-from .config import REPO, load_profile
+from .config import REPO
 from .io import atomic_write_text
 from .runner import BOOK_STAGES, _executed_hash, executed_path, notebook_hash
+from .plan import load_profile
 from .store import context
 
 GENERATED = BOOK_STAGES.parent / "generated"  # book/generated (follows ZEPHYR_BOOK_STAGES)

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from ..config import ConfigError, StageConfig, endpoint, opt
 from ..io import write_json, write_jsonl
-from . import Stage
+from ..stage import Stage
 
 N_ALPACA_MAX = 805  # training prompts exclude every prompt any toy benchmark could ask
 

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..config import ConfigError, opt, ref
-from . import Stage
+from ..stage import Stage
 from .training import SCHEDULES, TrainingConfig, train_and_probe
 
 # TRL 1.16's DPOConfig.loss_type values (the paper's loss is 'sigmoid')
@@ -90,4 +90,5 @@ def on_policy_diagnostics(ctx, res: dict) -> dict:
     return {"on_policy": on_policy} if on_policy else {}
 
 
-STAGE = Stage("dpo", DPOConfig, notebook="04_dpo", artifact="model", build=build, resumable=True, trainer=True)
+STAGE = Stage("dpo", DPOConfig, notebook="04_dpo", artifact="model", build=build, resumable=True,
+              trainer="zephyr_lib.dpo")

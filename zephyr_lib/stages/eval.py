@@ -19,7 +19,7 @@ from pathlib import Path
 
 from ..config import TOY_AGENTS, TOY_JUDGE_VERSION, StageConfig, config_hash, endpoint, opt, ref_run, refs
 from ..io import read_json, write_json, write_jsonl
-from . import Stage
+from ..stage import Stage
 
 BENCHMARK_NAMES = ("mt_bench", "alpaca_eval", "leaderboard")
 

@@ -107,7 +107,7 @@ def train_and_probe(ctx, out: Path, probe_seed: int, after=None, **in_process) -
     modeling.set_threads()
     cfg, stage = ctx.cfg, ctx.run.stage
     init, data = ctx.resolve(cfg.init), ctx.resolve(cfg.data)
-    res = launch.train_stage(stage, cfg, init, data, out, **in_process)  # in-process, or accelerate launch for >1 process
+    res = launch.train_stage(ctx.run.spec, cfg, init, data, out, **in_process)  # in-process, or accelerate launch for >1 process
     write_jsonl(out / "log_history.jsonl", res.pop("log_history"))
     extra = after(res) if after else {}
     rows, held_out = held_out_before_after(ctx, init, out / "model", seed=probe_seed + cfg.seed, prefix=f"{stage}probe")
