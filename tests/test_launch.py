@@ -184,10 +184,11 @@ def test_lora_options(monkeypatch):
 
 def test_single_process_trains_in_process(monkeypatch, tmp_path):
     calls = []
-    monkeypatch.setattr(sft, "train", lambda *a, **k: calls.append(a) or {"log_history": [], "steps": 0})
+    from zephyr_lib.trl_shared import TrainResult
+    monkeypatch.setattr(sft, "train", lambda *a, **k: calls.append(a) or TrainResult([], {"steps": 0}))
     monkeypatch.setattr(launch.subprocess, "Popen", lambda *a, **k: pytest.fail("must not launch"))
     res = launch.train_stage(STAGES["sft"], SFTConfig(), "init", "data", tmp_path)
-    assert res == {"log_history": [], "steps": 0} and len(calls) == 1
+    assert res == TrainResult([], {"steps": 0}) and len(calls) == 1
     assert not (tmp_path / "stage_config.json").exists()
 
 
@@ -210,8 +211,8 @@ def _check_run(out, res, hidden_size):
     m = AutoModelForCausalLM.from_pretrained(out / "model")
     assert m.config.hidden_size == hidden_size
     AutoTokenizer.from_pretrained(out / "model")
-    assert json.loads((out / "train_result.json").read_text()) == res
-    losses = [e["loss"] for e in res["log_history"] if "loss" in e]
+    assert json.loads((out / "train_result.json").read_text()) == dataclasses.asdict(res)
+    losses = [e["loss"] for e in res.log_history if "loss" in e]
     assert losses and all(isinstance(x, float) for x in losses)
     log = (out / "launch.log").read_text()
     assert "accelerate.commands.launch" in log and "--multi_gpu" in log
@@ -228,9 +229,10 @@ def test_sft_two_cpu_processes_end_to_end(tiny_base, tiny_chat_data, tmp_path):
     _check_run(out, res, hidden_size=64)
     # one epoch = ceil(n_train / (8 per process × 2 processes)) steps: both processes ran and split the data
     # (a single process would take twice as many)
-    assert res["global_batch_size"] == 16 and res["n_train"] > 100
-    assert res["steps"] == -(-res["n_train"] // 16)
-    assert "eval_loss" in res
+    m = res.metrics
+    assert m["global_batch_size"] == 16 and m["n_train"] > 100
+    assert m["steps"] == -(-m["n_train"] // 16)
+    assert "eval_loss" in m
 
 
 @pytest.fixture(scope="module")
@@ -260,10 +262,11 @@ def test_dpo_two_cpu_processes_end_to_end(tiny_base, prefs, tmp_path):
     res = launch.train_stage(STAGES["dpo"], cfg, tiny_base, prefs, out)
     print(f"dpo, 2 processes: {time.time() - t0:.1f} s")
     _check_run(out, res, hidden_size=64)
-    assert res["n_train"] == 32 and res["steps"] == 2 and res["global_batch_size"] == 16  # 32 / (8 × 2)
+    assert (res.metrics["n_train"], res.metrics["steps"], res.metrics["global_batch_size"]) == (32, 2, 16)  # 32 / (8 × 2)
     assert (out / "epoch-1" / "config.json").is_file()
     assert not (out / "prefs_cache").exists()  # the shared on-disk copy of the data is removed after training
-    assert any("rewards/accuracies" in e for e in res["log_history"]) and "eval_rewards/accuracies" in res
+    assert any("rewards/accuracies" in e for e in res.log_history) and "eval_rewards/accuracies" in res.metrics
+    assert len(res.ref_logps["chosen"]) == 32
 
 
 # ---- several machines: cluster resolution, commands per node, topology, dry run ----------------

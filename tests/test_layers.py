@@ -14,7 +14,7 @@ PKG = REPO / "zephyr_lib"
 LAYERS: list[tuple[str, set[str]]] = [
     ("foundation", {"io", "results", "stage", "config"}),
     ("library", {"store", "modeling", "curate", "feedback", "judges", "generate", "vllm_backend", "agents", "pool",
-                 "ultrachat", "launch", "evals", "toyworld"}),
+                 "ultrachat", "trl_shared", "launch", "evals", "toyworld"}),
     ("stages", {"stages"}),
     ("trainers", {"sft", "dpo"}),
     ("plan", {"plan"}),

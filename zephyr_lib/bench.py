@@ -241,8 +241,8 @@ def bench_sft_ours(cfgs: dict, inputs: dict, out: Path) -> dict:
     timer = LoopTimer()
     t0 = time.perf_counter()
     res = sft.train(cfgs["sft"], inputs["init"], inputs["sft_data"], out, callbacks=[timer.callback])
-    return {"steps": res["steps"], "train_s": timer.seconds, "step_s": timer.step_seconds,
-            "wall_s": time.perf_counter() - t0, "eval_loss": res["eval_loss"]}
+    return {"steps": res.metrics["steps"], "train_s": timer.seconds, "step_s": timer.step_seconds,
+            "wall_s": time.perf_counter() - t0, "eval_loss": res.metrics["eval_loss"]}
 
 
 def bench_sft_trl(cfgs: dict, inputs: dict, out: Path) -> dict:
@@ -277,8 +277,9 @@ def bench_dpo_ours(cfgs: dict, inputs: dict, out: Path) -> dict:
     timer = LoopTimer()
     t0 = time.perf_counter()
     res = dpo.train(cfgs["dpo"], inputs["init"], inputs["dpo_data"], out, callbacks=[timer.callback])
-    return {"steps": res["steps"], "train_s": timer.seconds, "step_s": timer.step_seconds,
-            "wall_s": time.perf_counter() - t0, "n_train": res["n_train"], "reward_accuracy": res["eval_rewards/accuracies"], "eval_loss": res["eval_loss"]}
+    return {"steps": res.metrics["steps"], "train_s": timer.seconds, "step_s": timer.step_seconds,
+            "wall_s": time.perf_counter() - t0, "n_train": res.metrics["n_train"],
+            "reward_accuracy": res.metrics["eval_rewards/accuracies"], "eval_loss": res.metrics["eval_loss"]}
 
 
 def bench_dpo_trl(cfgs: dict, inputs: dict, out: Path) -> dict:

@@ -4,8 +4,8 @@ What: :func:`train_stage` is the one entry point the pipeline uses for ``sft`` a
 the stage's record (:class:`~zephyr_lib.stage.Stage`), whose ``trainer`` names the TRL wrapper. A
 stage config with ``num_processes == 1`` and no ``accelerate_config`` (the toy and smoke profiles)
 is trained in-process by the wrapper's ``train`` (``sft.train`` / ``dpo.train``). Otherwise (the paper: 16 GPUs under DeepSpeed
-ZeRO-3) the stage runs as a child job of ``accelerate launch``; both ways return the same dict
-(``log_history``, ``steps``, final eval metrics, ...).
+ZeRO-3) the stage runs as a child job of ``accelerate launch``; both ways return the same
+:class:`~zephyr_lib.trl_shared.TrainResult` (the log, the metrics: ``steps``, final eval, ...).
 
 How, for a launched stage, inside the run's output folder ``out``:
 
@@ -56,6 +56,7 @@ from typing import Any
 from .config import REPO, ConfigError
 from .io import read_json, write_json
 from .stage import Stage
+from .trl_shared import TrainResult
 
 CHILD_MODULE = "zephyr_lib.launch_cli"  # what `accelerate launch --module` runs in every process
 CONFIG_FILE = "stage_config.json"
@@ -325,10 +326,10 @@ def run_logged(stage: str, cmd: list[str], log_path: Path, what: str) -> None:
 
 
 def train_stage(spec: Stage, cfg: Any, init: str | Path, data: str | Path, out: str | Path,
-                log: str | Path | None = None, cluster: Cluster | None = None, **in_process: Any) -> dict:
+                log: str | Path | None = None, cluster: Cluster | None = None, **in_process: Any) -> TrainResult:
     """Train stage ``spec`` (its Stage record: sft, dpo): in-process, or under ``accelerate launch`` when
-    ``cfg.num_processes > 1`` or ``cfg.accelerate_config`` is set. Returns the stage's result
-    dict either way. ``log`` is the launcher's log file (default ``out/launch.log``). ``cluster``
+    ``cfg.num_processes > 1`` or ``cfg.accelerate_config`` is set. Returns the wrapper's
+    :class:`~zephyr_lib.trl_shared.TrainResult` either way (read back from JSON when launched). ``log`` is the launcher's log file (default ``out/launch.log``). ``cluster``
     defaults to :func:`cluster_for` (the config and this node's environment); this function is the
     main node's part, the other nodes run :func:`follow`. ``in_process`` are extra keyword
     arguments of the stage's ``train`` for the in-process path (the launched one does without)."""
@@ -356,7 +357,7 @@ def train_stage(spec: Stage, cfg: Any, init: str | Path, data: str | Path, out: 
     result = out / RESULT_FILE
     if not result.is_file():
         raise LaunchError(f"stage {stage}: the launched job exited with 0 but wrote no {result}; log: {log_path}")
-    return read_json(result)
+    return TrainResult(**read_json(result))
 
 
 def json_safe(obj: Any) -> Any:

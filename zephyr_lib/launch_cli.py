@@ -258,7 +258,7 @@ def main(argv: list[str] | None = None) -> int:
     from accelerate import PartialState  # initialized by the Trainer by now: same process group
 
     if PartialState().is_main_process:
-        write_json(Path(a.out) / RESULT_FILE, json_safe(res))
+        write_json(Path(a.out) / RESULT_FILE, json_safe(dataclasses.asdict(res)))
     return 0
 
 
