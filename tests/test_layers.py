@@ -83,6 +83,16 @@ def test_the_import_graph_has_no_circle():
     assert circles == []
 
 
+def test_no_module_imports_another_modules_private_names():
+    found = []
+    for path in PKG.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and (node.level or (node.module or "").startswith("zephyr_lib")):
+                found += [f"{module_name(path)}: from {'.' * node.level}{node.module or ''} import {a.name}"
+                          for a in node.names if a.name.startswith("_") and not a.name.startswith("__")]
+    assert found == []
+
+
 def test_the_graph_reader_sees_imports():  # the two tests above are only as good as this reader
     g = graph()
     assert {"zephyr_lib.config", "zephyr_lib.io"} <= g["zephyr_lib.store"]

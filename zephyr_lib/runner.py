@@ -264,7 +264,7 @@ def executed_path(profile: Profile, run_name: str) -> Path:
     return RUNS_DIR / profile.name / "executed" / f"{run_name}.ipynb"
 
 
-def _executed_hash(path: Path, key: str = "hash") -> str | None:
+def executed_hash(path: Path, key: str = "hash") -> str | None:
     """What an executed page records: the run's config hash (``key="hash"``) or its notebook's (``"notebook"``)."""
     try:
         return json.loads(path.read_text())["metadata"]["zephyr"][key]
@@ -392,8 +392,8 @@ def execute_run(profile: Profile, run_name: str, overrides: dict, force: bool, t
     dest = executed_path(profile, run_name)
     if not force:
         try:
-            if ctx.complete and _executed_hash(dest) == ctx.hash \
-                    and _executed_hash(dest, "notebook") == notebook_hash(ctx.run.stage):
+            if ctx.complete and executed_hash(dest) == ctx.hash \
+                    and executed_hash(dest, "notebook") == notebook_hash(ctx.run.stage):
                 return "cached"
         except CorruptRunError as e:
             raise StageFailed(str(e)) from None
