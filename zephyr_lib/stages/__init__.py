@@ -8,8 +8,9 @@ record on the run (``Run.spec``), so the store, the runner and the launcher belo
 import the registry.
 
 Adding a stage (say ORPO beside DPO) takes: ``zephyr_lib/stages/orpo.py`` (config + build +
-``STAGE``), its trainer wrapper (``zephyr_lib/orpo.py``), its notebook (``notebooks/NN_orpo.ipynb``),
-its name in :data:`MODULES` below, one line in ``_toc.yml`` and the runs in a profile.
+``STAGE``, whose ``trainer`` names its TRL wrapper), the wrapper (``zephyr_lib/orpo.py``), its
+notebook (``notebooks/NN_orpo.ipynb``), its name in :data:`MODULES` below and one line in
+``_toc.yml``; then its runs in a profile (README, "Adding a trainer-backed stage").
 """
 from __future__ import annotations
 
