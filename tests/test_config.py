@@ -6,8 +6,8 @@ import textwrap
 
 import pytest
 
-from zephyr_lib.config import (ConfigError, stage_configs, WorldConfig, describe, load_profile,
-                               parse_override, refuse_secret_names)
+from zephyr_lib.config import ConfigError, WorldConfig, parse_override, refuse_secret_names
+from zephyr_lib.plan import describe, load_profile, stage_configs
 
 
 def write(tmp_path, text: str):

@@ -281,24 +281,24 @@ def test_train_two_epochs(assets):
     t0 = time.time()
     res = dpo.train(_cfg(), assets["init"], assets["data"], out)
     elapsed = time.time() - t0
-    assert res["n_train"] == 24 and res["n_test"] == 8 and res["global_batch_size"] == 4
-    assert res["steps"] == 12  # 24 pairs / 4 per step × 2 epochs
+    assert res.metrics["n_train"] == 24 and res.metrics["n_test"] == 8 and res.metrics["global_batch_size"] == 4
+    assert res.metrics["steps"] == 12  # 24 pairs / 4 per step × 2 epochs
     for name in ("epoch-1", "epoch-2", "model"):
         m = AutoModelForCausalLM.from_pretrained(out / name)
         assert m.config.hidden_size == 32
         assert (out / name / "tokenizer.json").is_file()
     assert not (out / "epoch-3").exists()
-    log = res["log_history"]
+    log = res.log_history
     for key in ("rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies",
                 "logps/chosen", "logps/rejected"):
         assert _scalar_logs(log, key), key
         assert _scalar_logs(log, f"eval_{key}"), f"eval_{key}"
     acc = _scalar_logs(log, "rewards/accuracies")
     assert acc[0] == 0.0  # step 1: policy = reference, every reward is 0
-    assert max(acc[-4:]) > 0.5 and res["eval_rewards/accuracies"] > 0.5
-    assert res["eval_rewards/margins"] > 0
-    finals = [e for e in log if "eval_loss" in e and e["step"] == res["steps"]]
-    assert len(finals) == 1 and finals[0]["eval_rewards/accuracies"] == res["eval_rewards/accuracies"]  # evaluated once
+    assert max(acc[-4:]) > 0.5 and res.metrics["eval_rewards/accuracies"] > 0.5
+    assert res.metrics["eval_rewards/margins"] > 0
+    finals = [e for e in log if "eval_loss" in e and e["step"] == res.metrics["steps"]]
+    assert len(finals) == 1 and finals[0]["eval_rewards/accuracies"] == res.metrics["eval_rewards/accuracies"]  # evaluated once
     # epoch-2 is the final model
     w2 = AutoModelForCausalLM.from_pretrained(out / "epoch-2").state_dict()
     wf = AutoModelForCausalLM.from_pretrained(out / "model").state_dict()
@@ -309,11 +309,11 @@ def test_train_two_epochs(assets):
     # in train_prefs order, with the prompt cut as DPO sees it
     init = AutoModelForCausalLM.from_pretrained(assets["init"]).eval()
     rows = dpo.to_dpo_rows(assets["dsd"]["train_prefs"], "train_prefs", assets["tok"], _cfg().max_prompt_length)
-    assert len(res["ref_logps"]["chosen"]) == len(res["ref_logps"]["rejected"]) == 24
+    assert len(res.ref_logps["chosen"]) == len(res.ref_logps["rejected"]) == 24
     for i in (0, 7, 23):
         for side in ("chosen", "rejected"):
             direct = dpo.sequence_logps(init, assets["tok"], rows[i]["prompt"], rows[i][side][0], _cfg().max_length)
-            assert res["ref_logps"][side][i] == pytest.approx(float(direct), abs=1e-3)
+            assert res.ref_logps[side][i] == pytest.approx(float(direct), abs=1e-3)
     print(f"2-epoch tiny DPO run: {elapsed:.1f}s")
 
 
@@ -348,8 +348,8 @@ def test_resume_after_kill(assets):
     ckpt6 = AutoModelForCausalLM.from_pretrained(out / "checkpoints" / "checkpoint-6").state_dict()
 
     res = dpo.train(cfg, assets["init"], assets["data"], out, callbacks=[FirstStep()], trl_overrides=over)
-    assert FirstStep.start == 6 and res["steps"] == 12
-    steps_logged = [e["step"] for e in res["log_history"] if "loss" in e]
+    assert FirstStep.start == 6 and res.metrics["steps"] == 12
+    steps_logged = [e["step"] for e in res.log_history if "loss" in e]
     assert steps_logged == list(range(1, 13))  # history carried over from the killed run
     for name in ("epoch-1", "epoch-2", "model"):
         assert (out / name / "config.json").is_file()

@@ -10,8 +10,10 @@ import time
 
 import pytest
 
-from zephyr_lib import dpo, launch, sft
-from zephyr_lib.config import REPO, ConfigError, load_profile
+from zephyr_lib import dpo, launch, launch_cli, sft
+from zephyr_lib.config import REPO, ConfigError
+from zephyr_lib.plan import load_profile
+from zephyr_lib.stages import STAGES
 from zephyr_lib.stages.dpo import DPOConfig
 from zephyr_lib.stages.sft import SFTConfig
 
@@ -120,27 +122,27 @@ def test_launch_command_zero3_16_processes(tmp_path):
     (run,) = _runs("paper", "sft")
     cfg = run.config
     out = tmp_path / "sft"
-    cmd = launch.launch_command("sft", cfg, "mistralai/Mistral-7B-v0.1", tmp_path / "data", out)
+    cmd = launch.launch_command(STAGES["sft"], cfg, "mistralai/Mistral-7B-v0.1", tmp_path / "data", out)
     zero3 = str(REPO / "configs" / "accelerate" / "zero3.yaml")
     assert cmd == [sys.executable, "-m", "accelerate.commands.launch", "--config_file", zero3,
-                   "--num_processes", "16", "--module", "zephyr_lib.launch", "sft",
+                   "--num_processes", "16", "--module", "zephyr_lib.launch_cli", "sft",
                    "--config", str(out / "stage_config.json"), "--init", "mistralai/Mistral-7B-v0.1",
                    "--data", str(tmp_path / "data"), "--out", str(out)]
     # accelerate's own parser reads it as a DeepSpeed ZeRO-3 launch of our module (no GPU needed)
     args, _, _ = _validate_launch_command(launch_command_parser().parse_args(cmd[3:]))
     assert args.use_deepspeed and args.zero_stage == 3 and args.num_processes == 16
-    assert args.module and args.training_script == "zephyr_lib.launch"
+    assert args.module and args.training_script == "zephyr_lib.launch_cli"
     assert args.training_script_args == cmd[cmd.index("sft"):]
     # plain DDP without a config file; extra (multi-node) flags go before --module
-    ddp = launch.launch_command("dpo", dataclasses.replace(DPOConfig(), num_processes=2), "i", "d", out,
+    ddp = launch.launch_command(STAGES["dpo"], dataclasses.replace(DPOConfig(), num_processes=2), "i", "d", out,
                                 main_process_port=29555, extra_args=["--num_machines", "1"])
     assert ddp[3:10] == ["--num_processes", "2", "--multi_gpu", "--main_process_port", "29555",
                          "--num_machines", "1"]
-    assert ddp[ddp.index("--module"):ddp.index("--config")] == ["--module", "zephyr_lib.launch", "dpo"]
-    with pytest.raises(ValueError, match="unknown training stage"):
-        launch.launch_command("aif", cfg, "i", "d", out)
+    assert ddp[ddp.index("--module"):ddp.index("--config")] == ["--module", "zephyr_lib.launch_cli", "dpo"]
+    with pytest.raises(ValueError, match="does not train"):
+        launch.launch_command(STAGES["aif"], cfg, "i", "d", out)
     with pytest.raises(ConfigError, match="no such file"):
-        launch.launch_command("sft", dataclasses.replace(cfg, accelerate_config="configs/accelerate/nope.yaml"),
+        launch.launch_command(STAGES["sft"], dataclasses.replace(cfg, accelerate_config="configs/accelerate/nope.yaml"),
                               "i", "d", out)
 
 
@@ -148,14 +150,13 @@ def test_child_main_rebuilds_the_config_strictly(tmp_path):
     cfg = SFTConfig(num_processes=2, max_length=96)
     (tmp_path / "c.json").write_text(json.dumps(dataclasses.asdict(cfg)))
     from zephyr_lib.config import build
-    from zephyr_lib.stages import STAGES
     from zephyr_lib.io import read_json
 
     assert build(STAGES["sft"].config, read_json(tmp_path / "c.json"), "x") == cfg
     bad = dict(dataclasses.asdict(cfg), nonsense=1)
     (tmp_path / "bad.json").write_text(json.dumps(bad))
     with pytest.raises(ConfigError, match="nonsense"):
-        launch.main(["sft", "--config", str(tmp_path / "bad.json"), "--init", "i", "--data", "d",
+        launch_cli.main(["sft", "--config", str(tmp_path / "bad.json"), "--init", "i", "--data", "d",
                      "--out", str(tmp_path / "o")])
 
 
@@ -183,10 +184,11 @@ def test_lora_options(monkeypatch):
 
 def test_single_process_trains_in_process(monkeypatch, tmp_path):
     calls = []
-    monkeypatch.setattr(sft, "train", lambda *a, **k: calls.append(a) or {"log_history": [], "steps": 0})
+    from zephyr_lib.trl_shared import TrainResult
+    monkeypatch.setattr(sft, "train", lambda *a, **k: calls.append(a) or TrainResult([], {"steps": 0}))
     monkeypatch.setattr(launch.subprocess, "Popen", lambda *a, **k: pytest.fail("must not launch"))
-    res = launch.train_stage("sft", SFTConfig(), "init", "data", tmp_path)
-    assert res == {"log_history": [], "steps": 0} and len(calls) == 1
+    res = launch.train_stage(STAGES["sft"], SFTConfig(), "init", "data", tmp_path)
+    assert res == TrainResult([], {"steps": 0}) and len(calls) == 1
     assert not (tmp_path / "stage_config.json").exists()
 
 
@@ -196,7 +198,7 @@ def test_failed_launch_names_stage_exit_code_and_log(monkeypatch, tmp_path):
 
     monkeypatch.setattr(launch, "launch_command", fake_command)
     with pytest.raises(launch.LaunchError, match=r"(?s)stage dpo: .*exit code 3.*launch\.log.*boom from child"):
-        launch.train_stage("dpo", DPOConfig(num_processes=2), "i", "d", tmp_path)
+        launch.train_stage(STAGES["dpo"], DPOConfig(num_processes=2), "i", "d", tmp_path)
     assert json.loads((tmp_path / "stage_config.json").read_text())["num_processes"] == 2
     assert "boom from child" in (tmp_path / "launch.log").read_text()
 
@@ -209,8 +211,8 @@ def _check_run(out, res, hidden_size):
     m = AutoModelForCausalLM.from_pretrained(out / "model")
     assert m.config.hidden_size == hidden_size
     AutoTokenizer.from_pretrained(out / "model")
-    assert json.loads((out / "train_result.json").read_text()) == res
-    losses = [e["loss"] for e in res["log_history"] if "loss" in e]
+    assert json.loads((out / "train_result.json").read_text()) == dataclasses.asdict(res)
+    losses = [e["loss"] for e in res.log_history if "loss" in e]
     assert losses and all(isinstance(x, float) for x in losses)
     log = (out / "launch.log").read_text()
     assert "accelerate.commands.launch" in log and "--multi_gpu" in log
@@ -222,14 +224,15 @@ def test_sft_two_cpu_processes_end_to_end(tiny_base, tiny_chat_data, tmp_path):
                     learning_rate=3e-3, logging_steps=2, eval_steps=1000, save_steps=1000)
     out = tmp_path / "sft"
     t0 = time.time()
-    res = launch.train_stage("sft", cfg, tiny_base, tiny_chat_data, out)
+    res = launch.train_stage(STAGES["sft"], cfg, tiny_base, tiny_chat_data, out)
     print(f"sft, 2 processes: {time.time() - t0:.1f} s")
     _check_run(out, res, hidden_size=64)
     # one epoch = ceil(n_train / (8 per process × 2 processes)) steps: both processes ran and split the data
     # (a single process would take twice as many)
-    assert res["global_batch_size"] == 16 and res["n_train"] > 100
-    assert res["steps"] == -(-res["n_train"] // 16)
-    assert "eval_loss" in res
+    m = res.metrics
+    assert m["global_batch_size"] == 16 and m["n_train"] > 100
+    assert m["steps"] == -(-m["n_train"] // 16)
+    assert "eval_loss" in m
 
 
 @pytest.fixture(scope="module")
@@ -256,13 +259,14 @@ def test_dpo_two_cpu_processes_end_to_end(tiny_base, prefs, tmp_path):
                     eval_steps=1000)
     out = tmp_path / "dpo"
     t0 = time.time()
-    res = launch.train_stage("dpo", cfg, tiny_base, prefs, out)
+    res = launch.train_stage(STAGES["dpo"], cfg, tiny_base, prefs, out)
     print(f"dpo, 2 processes: {time.time() - t0:.1f} s")
     _check_run(out, res, hidden_size=64)
-    assert res["n_train"] == 32 and res["steps"] == 2 and res["global_batch_size"] == 16  # 32 / (8 × 2)
+    assert (res.metrics["n_train"], res.metrics["steps"], res.metrics["global_batch_size"]) == (32, 2, 16)  # 32 / (8 × 2)
     assert (out / "epoch-1" / "config.json").is_file()
     assert not (out / "prefs_cache").exists()  # the shared on-disk copy of the data is removed after training
-    assert any("rewards/accuracies" in e for e in res["log_history"]) and "eval_rewards/accuracies" in res
+    assert any("rewards/accuracies" in e for e in res.log_history) and "eval_rewards/accuracies" in res.metrics
+    assert len(res.ref_logps["chosen"]) == 32
 
 
 # ---- several machines: cluster resolution, commands per node, topology, dry run ----------------
@@ -305,7 +309,7 @@ def test_two_node_zero3_commands_as_accelerate_reads_them(tmp_path):
 
     (run,) = _runs("paper", "sft")
     cfg, out = run.config, tmp_path / "sft"
-    cmds = [launch.launch_command("sft", cfg, "m", tmp_path / "d", out, cluster=launch.Cluster(2, r, "10.0.0.1", 29500))
+    cmds = [launch.launch_command(STAGES["sft"], cfg, "m", tmp_path / "d", out, cluster=launch.Cluster(2, r, "10.0.0.1", 29500))
             for r in (0, 1)]
     i = cmds[0].index("--num_processes")
     assert cmds[0][i:i + 10] == ["--num_processes", "16", "--num_machines", "2", "--machine_rank", "0",
@@ -337,8 +341,8 @@ def test_topology_refuses_16_processes_on_one_8_gpu_machine():
 
 def test_train_stage_is_the_main_nodes_part(tmp_path):
     cfg = dataclasses.replace(DPOConfig(), num_processes=2)
-    with pytest.raises(ConfigError, match="node 1 joins with `python -m zephyr_lib.launch node`"):
-        launch.train_stage("dpo", cfg, "i", "d", tmp_path, cluster=launch.Cluster(2, 1, "10.0.0.1", 29500))
+    with pytest.raises(ConfigError, match="node 1 joins with `python -m zephyr_lib.launch_cli node`"):
+        launch.train_stage(STAGES["dpo"], cfg, "i", "d", tmp_path, cluster=launch.Cluster(2, 1, "10.0.0.1", 29500))
     assert not (tmp_path / "stage_config.json").exists()
 
 
@@ -353,27 +357,27 @@ def test_follow_waits_for_the_main_node_and_joins_with_its_rank(tmp_path, monkey
         (up.dir / "manifest.json").write_text("{}")
     cluster = launch.Cluster(2, 1, "10.0.0.1", 29500)
     seen = []
-    monkeypatch.setattr(launch, "_run_logged", lambda stage, cmd, log, what: seen.append((stage, cmd, log, what)))
-    monkeypatch.setattr(launch.time, "sleep", lambda s: (_ for _ in ()).throw(AssertionError("waited")))
+    monkeypatch.setattr(launch_cli, "run_logged", lambda stage, cmd, log, what: seen.append((stage, cmd, log, what)))
+    monkeypatch.setattr(launch_cli.time, "sleep", lambda s: (_ for _ in ()).throw(AssertionError("waited")))
     with pytest.raises(AssertionError, match="waited"):  # no stage_config.json yet: it waits
-        launch.follow(prof, "sft", cluster=cluster, root=tmp_path)
+        launch_cli.follow(prof, "sft", cluster=cluster, root=tmp_path)
     ctx.partial_dir.mkdir(parents=True)
     (ctx.partial_dir / "stage_config.json").write_text(json.dumps({**dataclasses.asdict(ctx.cfg), "learning_rate": 1.0}))
     with pytest.raises(launch.LaunchError, match="differs from this node's config"):
-        launch.follow(prof, "sft", cluster=cluster, root=tmp_path)
+        launch_cli.follow(prof, "sft", cluster=cluster, root=tmp_path)
     (ctx.partial_dir / "stage_config.json").write_text(json.dumps(dataclasses.asdict(ctx.cfg)))
-    assert launch.follow(prof, "sft", cluster=cluster, root=tmp_path) == "done"
+    assert launch_cli.follow(prof, "sft", cluster=cluster, root=tmp_path) == "done"
     ((stage, cmd, log, what),) = seen
     assert stage == "sft" and log == ctx.partial_dir / "launch-node1.log" and what == "1 of 2 process(es)"
     assert cmd[cmd.index("--machine_rank") + 1] == "1" and cmd[cmd.index("--out") + 1] == str(ctx.partial_dir)
     assert cmd[cmd.index("--init") + 1] == str(context(prof, "base", tmp_path).dir / "model")
     with pytest.raises(ConfigError, match="node 0 runs the pipeline"):
-        launch.follow(prof, "sft", cluster=launch.Cluster(2, 0, "10.0.0.1", 29500), root=tmp_path)
+        launch_cli.follow(prof, "sft", cluster=launch.Cluster(2, 0, "10.0.0.1", 29500), root=tmp_path)
 
 
 def test_dry_run_paper_on_two_nodes_of_eight(tmp_path, capsys):
     lines: list[str] = []
-    plan = launch.dry_run("paper", gpus_per_node=8, num_machines=2, main_process_ip="10.0.0.1",
+    plan = launch_cli.dry_run("paper", gpus_per_node=8, num_machines=2, main_process_ip="10.0.0.1",
                           root=tmp_path, echo=lines.append)
     assert plan["errors"] == []
     runs = plan["runs"]
@@ -413,7 +417,7 @@ def test_dry_run_paper_on_two_nodes_of_eight(tmp_path, capsys):
 def test_dry_run_reports_a_cluster_too_small_and_the_cli_exit_code(tmp_path, capsys):
     from zephyr_lib.__main__ import main
 
-    plan = launch.dry_run("paper", gpus_per_node=8, num_machines=1, root=tmp_path, echo=lambda *a: None)
+    plan = launch_cli.dry_run("paper", gpus_per_node=8, num_machines=1, root=tmp_path, echo=lambda *a: None)
     assert plan["errors"] == ["sft: needs 2 machines, the cluster has 1", "dpo: needs 2 machines, the cluster has 1"]
     assert "launch" not in plan["runs"]["sft"]
     assert main(["run", "--profile", "paper", "--dry-run", "--gpus-per-node", "8", "--num-machines", "2",

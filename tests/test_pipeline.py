@@ -129,7 +129,7 @@ def test_the_plans_compute_floor_counts_every_training_token(site):
     from datasets import load_from_disk
     from transformers import AutoTokenizer
 
-    from zephyr_lib.config import load_profile
+    from zephyr_lib.plan import load_profile
 
     cfg = load_profile("smoke").runs["sft"].config
     tok = AutoTokenizer.from_pretrained(run_dir(site, "base") / "model")

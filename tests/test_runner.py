@@ -84,8 +84,8 @@ def test_notebook_parameters_are_validated_like_set(tmp_path, monkeypatch):
 
 def test_overrides_of_upstream_runs_reach_downstream_notebooks(tmp_path):
     """`--set curate.x=…` changes curate's hash; the sft notebook must resolve that same curate run."""
-    from zephyr_lib.config import load_profile
-    from zephyr_lib.store import open_run
+    from zephyr_lib.plan import load_profile
+    from zephyr_lib.plan import open_run
 
     want = load_profile("smoke", ["curate.n_dialogues=60", "sft.learning_rate=0.002"])
     ctx = open_run("sft", "smoke", "sft", {"learning_rate": 0.002, "curate.n_dialogues": 60})

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from zephyr_lib.config import (ConfigError, check_env_var_name, load_profile, looks_like_secret_value,
-                               refuse_secret_names)
+from zephyr_lib.config import ConfigError, check_env_var_name, looks_like_secret_value, refuse_secret_names
+from zephyr_lib.plan import load_profile
 
 KEY = "sk-proj-Abc123Def456Ghi789Jkl012"
 

@@ -7,8 +7,9 @@ import json
 
 import pytest
 
-from zephyr_lib import launch
-from zephyr_lib.config import REPO, ConfigError, load_profile
+from zephyr_lib import launch_cli
+from zephyr_lib.config import REPO, ConfigError
+from zephyr_lib.plan import load_profile
 from zephyr_lib.io import read_json
 from zephyr_lib.stages import STAGES
 from zephyr_lib.store import context
@@ -44,13 +45,21 @@ def build(prof, run, root):
 
 
 def test_the_registry_is_the_one_list_of_stages():
-    assert list(STAGES) == ["base", "curate", "sft", "aif", "dpo", "eval", "results"]
+    import importlib.util
+    import re
+
+    from zephyr_lib.stages.training import TrainingConfig
+    defined = {p.stem for p in (REPO / "zephyr_lib" / "stages").glob("*.py")
+               if re.search(r"^STAGE = Stage\(", p.read_text(), re.M)}
+    assert set(STAGES) == defined  # every stage module is registered, under its module's name
     for name, s in STAGES.items():
         assert s.name == name and (REPO / "notebooks" / f"{s.notebook}.ipynb").exists()
         assert dataclasses.is_dataclass(s.config) and s.config.__doc__.startswith(f"Stage `{name}`")
         for f in dataclasses.fields(s.config):
             assert f.metadata.get("help"), f"{name}.{f.name} has no help line"
-    assert launch.trainer_stages() == ("sft", "dpo")
+        if s.trainer:  # a trainer stage names its TRL wrapper and shares the training settings
+            assert importlib.util.find_spec(s.trainer) is not None and issubclass(s.config, TrainingConfig)
+    assert launch_cli.trainer_stages() == tuple(n for n, s in STAGES.items() if s.trainer) and "sft" in STAGES
     toc = (REPO / "_toc.yml").read_text()
     assert all(f"notebooks/{s.notebook}" in toc or f"stages/{s.notebook}" in toc for s in STAGES.values())
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from zephyr_lib.config import load_profile
+from zephyr_lib.plan import load_profile
 from zephyr_lib.store import context
 
 REPO = Path(__file__).resolve().parents[1]
@@ -69,7 +69,7 @@ def test_a_resumable_build_keeps_its_checkpoints(tmp_path, prof):
 def test_killed_midway_leaves_no_complete_looking_run(tmp_path):
     script = textwrap.dedent(f"""
         import os, signal
-        from zephyr_lib.config import load_profile
+        from zephyr_lib.plan import load_profile
         from zephyr_lib.store import context
         ctx = context(load_profile("smoke"), "curate", r"{tmp_path}")
         with ctx.build() as out:
@@ -254,7 +254,7 @@ def test_store_os_errors_are_one_line_naming_the_path_and_stage_errors_pass_thro
 def test_a_read_only_store_is_one_clear_line(tmp_path):
     ro = tmp_path / "ro"
     ro.mkdir()
-    script = ("from zephyr_lib.config import load_profile; from zephyr_lib.store import context; "
+    script = ("from zephyr_lib.plan import load_profile; from zephyr_lib.store import context; "
               f"ctx = context(load_profile('smoke'), 'curate', {str(ro)!r}); ctx.build().__enter__()")
     cmd = ["unshare", "-m", "sh", "-c", f'mount -t tmpfs -o ro tmpfs "{ro}" && exec "$0" -c "$1"',
            sys.executable, script]

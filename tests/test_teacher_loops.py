@@ -487,7 +487,7 @@ def test_vllm_agent_glue_with_a_fake_vllm_module(tiny_base, monkeypatch):
 def test_aif_stage_annotates_ultrafeedback_from_a_profile_with_a_real_judge(server, key_env, tmp_path):
     """The profile path of UltraFeedback from scratch: raw UltraFeedback prompts, a pool of API
     models (endpoints), a real judge endpoint, the one AIF implementation; a rerun costs no call."""
-    from zephyr_lib.config import load_profile
+    from zephyr_lib.plan import load_profile
     from zephyr_lib.stages import STAGES
     from zephyr_lib.store import context
 

@@ -2,7 +2,7 @@
 # Zephyr at paper scale on 2 nodes x 8 GPUs under SLURM: one task per node, the same command on
 # every node. Node 0 runs the pipeline (`python -m zephyr_lib run`); each training stage's
 # `accelerate launch` starts its 8 processes there, and the other node joins each multi-node
-# training run with the same command and its own --machine_rank (zephyr_lib.launch.follow).
+# training run with the same command and its own --machine_rank (zephyr_lib.launch_cli.follow).
 #
 #   sbatch tools/slurm_example.sh                      # the whole paper profile
 #   STAGES=sft sbatch tools/slurm_example.sh           # one stage (and what it needs, cached if done)
@@ -34,5 +34,5 @@ export NCCL_ASYNC_ERROR_HANDLING=1
 # One task per node; inside it, ZEPHYR_MACHINE_RANK = SLURM_NODEID (0 on the first node).
 srun --ntasks-per-node=1 --kill-on-bad-exit=1 bash -c '
   export ZEPHYR_MACHINE_RANK=$SLURM_NODEID
-  exec .venv/bin/python -m zephyr_lib.launch node --profile "$PROFILE" ${STAGES:+--stages "$STAGES"}
+  exec .venv/bin/python -m zephyr_lib.launch_cli node --profile "$PROFILE" ${STAGES:+--stages "$STAGES"}
 '

@@ -16,7 +16,8 @@ import dataclasses
 import json
 import sys
 
-from .config import ConfigError, describe, load_profile
+from .config import ConfigError
+from .plan import describe, load_profile
 from .stages import STAGES
 from .store import CorruptRunError, StoreError
 
@@ -73,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"error: {msg}", file=sys.stderr)
             return 1 if problems else 0
         if a.cmd == "run" and a.dry_run:
-            from .launch import dry_run
+            from .launch_cli import dry_run
             stages = [x.strip() for x in a.stages.split(",") if x.strip()] or None
             plan = dry_run(a.profile, a.gpus_per_node, a.num_machines, sets=a.sets, stages=stages)
             return 1 if plan["errors"] else 0

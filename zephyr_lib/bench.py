@@ -144,7 +144,7 @@ class LoopTimer:
 
 def configs(profile: str, sizes: BenchSizes) -> dict:
     """The profile's base/sft/dpo run configs with the data cut to the bench's step counts."""
-    from .config import load_profile
+    from .plan import load_profile
 
     prof = load_profile(profile)
     base = dataclasses.replace(prof.runs["base"].config, num_train_epochs=1.0)
@@ -241,8 +241,8 @@ def bench_sft_ours(cfgs: dict, inputs: dict, out: Path) -> dict:
     timer = LoopTimer()
     t0 = time.perf_counter()
     res = sft.train(cfgs["sft"], inputs["init"], inputs["sft_data"], out, callbacks=[timer.callback])
-    return {"steps": res["steps"], "train_s": timer.seconds, "step_s": timer.step_seconds,
-            "wall_s": time.perf_counter() - t0, "eval_loss": res["eval_loss"]}
+    return {"steps": res.metrics["steps"], "train_s": timer.seconds, "step_s": timer.step_seconds,
+            "wall_s": time.perf_counter() - t0, "eval_loss": res.metrics["eval_loss"]}
 
 
 def bench_sft_trl(cfgs: dict, inputs: dict, out: Path) -> dict:
@@ -277,8 +277,9 @@ def bench_dpo_ours(cfgs: dict, inputs: dict, out: Path) -> dict:
     timer = LoopTimer()
     t0 = time.perf_counter()
     res = dpo.train(cfgs["dpo"], inputs["init"], inputs["dpo_data"], out, callbacks=[timer.callback])
-    return {"steps": res["steps"], "train_s": timer.seconds, "step_s": timer.step_seconds,
-            "wall_s": time.perf_counter() - t0, "n_train": res["n_train"], "reward_accuracy": res["eval_rewards/accuracies"], "eval_loss": res["eval_loss"]}
+    return {"steps": res.metrics["steps"], "train_s": timer.seconds, "step_s": timer.step_seconds,
+            "wall_s": time.perf_counter() - t0, "n_train": res.metrics["n_train"],
+            "reward_accuracy": res.metrics["eval_rewards/accuracies"], "eval_loss": res.metrics["eval_loss"]}
 
 
 def bench_dpo_trl(cfgs: dict, inputs: dict, out: Path) -> dict:
@@ -362,7 +363,7 @@ def parse_runner_output(text: str) -> dict:
 
 def bench_rerun(profile: str) -> dict:
     """A second, unchanged ``zephyr run`` of the profile, if every run of it is complete."""
-    from .config import load_profile
+    from .plan import load_profile
     from .store import REPO, context, status
 
     prof = load_profile(profile)
@@ -404,7 +405,8 @@ def plan_floor(profile: str, rate: float) -> dict:
     from transformers import AutoConfig, AutoTokenizer
 
     from . import dpo as D
-    from .config import load_profile, ref_run
+    from .config import ref_run
+    from .plan import load_profile
     from .io import read_jsonl
     from .sft import load_sft_data
     from .store import context

@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import json
 
-from .config import REPO, load_profile
+from .config import REPO
 from .io import atomic_write_text
-from .runner import BOOK_STAGES, _executed_hash, executed_path, notebook_hash
+from .runner import BOOK_STAGES, executed_hash, executed_path, notebook_hash
+from .plan import load_profile
 from .store import context
 
 GENERATED = BOOK_STAGES.parent / "generated"  # book/generated (follows ZEPHYR_BOOK_STAGES)
@@ -80,10 +81,10 @@ def prepare(profile_name: str) -> list[str]:
             continue
         path = executed_path(profile, stage)
         want = context(profile, stage).hash
-        if _executed_hash(path) != want:
+        if executed_hash(path) != want:
             problems.append(f"{path} is missing or from another run (want {stage} @ {want}): "
                             f"python -m zephyr_lib run --profile {profile.name}")
-        elif _executed_hash(path, "notebook") != notebook_hash(stage):
+        elif executed_hash(path, "notebook") != notebook_hash(stage):
             problems.append(f"{path} was executed from an older notebooks/{path.name}: "
                             f"python -m zephyr_lib run --profile {profile.name} (re-renders the page, reuses the run)")
     GENERATED.mkdir(parents=True, exist_ok=True)

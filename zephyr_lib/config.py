@@ -25,9 +25,11 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Mapping
 
 import yaml
+
+from .stage import Stage
 
 THREADS_ENV = "ZEPHYR_THREADS"  # CPU threads a stage may use (set by the runner when runs execute at once)
 REPO = Path(__file__).resolve().parents[1]
@@ -176,11 +178,6 @@ TOY_AGENTS = ("teacher", "teacher_strong", "reference")  # toy-world programs th
 TOY_JUDGE_VERSION = "toy-judge-v3"
 
 
-def stage_configs() -> dict[str, type]:
-    """Stage name -> its config dataclass, from the one registry (zephyr_lib.stages.STAGES)."""
-    from .stages import STAGES
-    return {name: s.config for name, s in STAGES.items()}
-
 # --------------------------------------------------------------------------------------------
 # Coercion
 # --------------------------------------------------------------------------------------------
@@ -276,6 +273,7 @@ class Run:
     stage: str
     config: Any
     upstream: tuple[str, ...]
+    spec: Stage  # the stage's record: what the store, runner and launcher need of the stage
 
 
 @dataclass
@@ -393,9 +391,10 @@ def profile_path(profile: str) -> Path:
     return p
 
 
-def load_profile(profile: str, overrides: list[str] | dict | None = None) -> Profile:
-    """Load configs/<profile>.yaml strictly and apply overrides (``run.key=value`` strings, or
-    a {run: {key: value}} dict). Raises ConfigError naming the file, run/stage and key."""
+def parse_profile(profile: str, registry: Mapping[str, Stage], overrides: list[str] | dict | None = None) -> Profile:
+    """Load configs/<profile>.yaml strictly against the stage records of ``registry`` (what
+    ``plan.load_profile`` passes: ``stages.STAGES``) and apply overrides (``run.key=value`` strings,
+    or a {run: {key: value}} dict). Raises ConfigError naming the file, run/stage and key."""
     path = profile_path(profile)
     try:
         raw = yaml.safe_load(path.read_text()) or {}
@@ -405,7 +404,7 @@ def load_profile(profile: str, overrides: list[str] | dict | None = None) -> Pro
     unknown = sorted(set(raw) - known)
     if unknown:
         raise ConfigError(f"{path}: unknown top-level key(s) {unknown}; known: {sorted(known)}")
-    configs = stage_configs()
+    configs = {name: st.config for name, st in registry.items()}
     seed = _coerce(raw.get("seed", 0), int, f"{path}: seed")
     world = build(WorldConfig, raw.get("world") or {}, f"{path}: world")
     endpoints = {"toy": EndpointConfig()}
@@ -453,28 +452,16 @@ def load_profile(profile: str, overrides: list[str] | dict | None = None) -> Pro
             if e not in endpoints:
                 raise ConfigError(f"{where}: endpoint {e!r} is not defined; endpoints of this profile: "
                                   f"{', '.join(endpoints)} (add it under `endpoints:`)")
-        runs[name] = Run(name, stage, base_cfg, ())
+        runs[name] = Run(name, stage, base_cfg, (), registry[stage])
     for name, run in list(runs.items()):
         ups = _refs(run.config)
         for u in ups:
             if u not in runs:
                 raise ConfigError(f"{path}: run {name!r} refers to run {u!r}, which the plan does not have")
-        runs[name] = Run(name, run.stage, run.config, tuple(dict.fromkeys(ups)))
+        runs[name] = dataclasses.replace(run, upstream=tuple(dict.fromkeys(ups)))
     prof = Profile(path.stem, path, seed, world, runs, raw, endpoints)
     prof.order()  # raises on cycles
     return prof
-
-
-def describe(stage: str) -> str:
-    """Markdown table of a stage's fields (or 'world', 'endpoint'): name, type, default, allowed values, meaning."""
-    cls = {"world": WorldConfig, "endpoint": EndpointConfig}.get(stage) or stage_configs()[stage]
-    rows = [f"{cls.__doc__.strip().splitlines()[0]}", "", "| key | type | default | allowed | meaning |",
-            "|---|---|---|---|---|"]
-    for f in dataclasses.fields(cls):
-        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
-        tp = typing.get_type_hints(cls)[f.name]
-        rows.append(f"| `{f.name}` | {getattr(tp, '__name__', str(tp))} | `{default!r}` | {allowed(f)} | {f.metadata['help']} |")
-    return "\n".join(rows)
 
 
 def _entropy(text: str) -> float:

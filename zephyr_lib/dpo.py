@@ -47,7 +47,7 @@ Choices made here, on TRL 1.16 / transformers 5:
 * **Several processes** (``zephyr_lib.launch``: DDP, ZeRO-3, FSDP): the in-memory preference data
   is written once to ``out/prefs_cache`` so every rank finds TRL's cached reference log-probs
   (:func:`shared_on_disk`; removed after training). ``use_peft`` trains LoRA adapters instead
-  (``sft.lora_setup``; the merged model still goes to ``out/model``).
+  (``trl_shared.lora_setup``; the merged model still goes to ``out/model``).
 * **Logs.** TRL logs, for train (every ``logging_steps``) and eval (``eval_`` prefix, every
   ``eval_steps`` and once at the end): loss, rewards/chosen, rewards/rejected, rewards/margins,
   rewards/accuracies, logps/chosen, logps/rejected, logits/*, entropy, mean_token_accuracy.
@@ -71,7 +71,7 @@ from transformers import TrainerCallback
 from .stages.dpo import DPOConfig
 from .io import DataError
 from .modeling import UnpaddedBackbone, labelled_positions_only, last_checkpoint, weights_source
-from .sft import final_eval, lora_setup, save_final
+from .trl_shared import TrainResult, final_eval, lora_setup, save_final
 
 ROLES = ("system", "user", "assistant")
 
@@ -270,35 +270,16 @@ def trl_args(cfg: DPOConfig, output_dir: str | Path, use_cpu: bool | None = None
     arguments (tests use them for tiny checkpoint intervals)."""
     from trl import DPOConfig as TRLDPOConfig
 
-    cpu = (not torch.cuda.is_available()) if use_cpu is None else use_cpu
     kwargs: dict[str, Any] = dict(
-        output_dir=str(output_dir),
+        **cfg.trl_kwargs(output_dir, use_cpu),  # the settings every trainer stage shares
         beta=cfg.beta,
         loss_type=[cfg.loss_type],
-        learning_rate=cfg.learning_rate,
-        lr_scheduler_type=cfg.lr_scheduler_type,
-        warmup_steps=cfg.warmup_ratio,  # transformers 5: a float < 1 is a fraction of the steps
-        num_train_epochs=cfg.num_train_epochs,
-        per_device_train_batch_size=cfg.per_device_train_batch_size,
-        per_device_eval_batch_size=cfg.per_device_train_batch_size,
-        gradient_accumulation_steps=cfg.gradient_accumulation_steps,
         optim=cfg.optim,
         max_length=cfg.max_length,
         truncation_mode="keep_start",  # max_prompt_length is applied to the data (truncate_prompt)
         precompute_ref_log_probs=True,  # frozen reference: its log-probs once, before training
-        logging_steps=cfg.logging_steps,
-        eval_strategy="steps",
-        eval_steps=cfg.eval_steps,
         save_strategy="epoch" if cfg.save_per_epoch else "steps",
         save_steps=cfg.eval_steps,  # used only by the "steps" strategy
-        save_total_limit=2,
-        bf16=cfg.bf16,
-        use_cpu=cpu,
-        activation_checkpointing=cfg.activation_checkpointing,
-        report_to=[],
-        seed=cfg.seed,
-        data_seed=cfg.seed,
-        dataloader_num_workers=0,
     )
     kwargs.update(overrides)
     return TRLDPOConfig(**kwargs)
@@ -420,14 +401,14 @@ def dpo_trainer_class(ref_cache: Path | None = None, **settings: Any):
 
 
 def train(cfg: DPOConfig, init: Path | str, data: Path | str, out: Path, *, callbacks: Sequence = (),
-          trl_overrides: dict | None = None, ref_cache: Path | None = None) -> dict:
+          trl_overrides: dict | None = None, ref_cache: Path | None = None) -> TrainResult:
     """DPO-train the model at `init` on the preference data at `data`; write out/checkpoints,
     out/epoch-<k> (when ``save_per_epoch``) and out/model.
 
-    Returns {"log_history", "steps", "ref_logps" (the precomputed reference log-probs of every
-    training pair, in train_prefs order: {"chosen": [...], "rejected": [...]}), "n_train",
-    "n_test", "global_batch_size", "n_prompts_truncated", and the final eval metrics ("eval_loss", "eval_rewards/accuracies",
-    ...)}. ``callbacks`` / ``trl_overrides`` are for tests and experiments; ``ref_cache`` is a
+    Returns a :class:`~zephyr_lib.trl_shared.TrainResult`: the log, ``ref_logps`` (the precomputed
+    reference log-probs of every training pair, in train_prefs order: {"chosen": [...], "rejected":
+    [...]}) and the metrics "steps", "n_train", "n_test", "global_batch_size", "n_prompts_truncated"
+    and the final eval metrics ("eval_loss", "eval_rewards/accuracies", ...). ``callbacks`` / ``trl_overrides`` are for tests and experiments; ``ref_cache`` is a
     folder of precomputed reference log-probs shared between runs (:func:`dpo_trainer_class`).
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -464,8 +445,10 @@ def train(cfg: DPOConfig, init: Path | str, data: Path | str, out: Path, *, call
         if trainer.is_world_process_zero():
             shutil.rmtree(out / "prefs_cache", ignore_errors=True)
     ref = trainer.train_dataset  # with the reference log-probs TRL precomputed (the init policy's)
-    return {"log_history": trainer.state.log_history, "steps": trainer.state.global_step,
-            "ref_logps": {side: [float(x) for x in ref[f"ref_{side}_logps"]] for side in ("chosen", "rejected")},
-            "n_train": len(trainer.train_dataset), "n_test": len(trainer.eval_dataset),
-            "global_batch_size": cfg.global_batch_size, "n_prompts_truncated": prefs["n_prompts_truncated"],
-            **{k: v for k, v in final.items() if k.startswith("eval_")}}
+    return TrainResult(
+        log_history=trainer.state.log_history,
+        metrics={"steps": trainer.state.global_step, "n_train": len(trainer.train_dataset),
+                 "n_test": len(trainer.eval_dataset), "global_batch_size": cfg.global_batch_size,
+                 "n_prompts_truncated": prefs["n_prompts_truncated"],
+                 **{k: v for k, v in final.items() if k.startswith("eval_")}},
+        ref_logps={side: [float(x) for x in ref[f"ref_{side}_logps"]] for side in ("chosen", "rejected")})

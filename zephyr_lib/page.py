@@ -19,13 +19,12 @@ def open_stage(stage: str, profile: str = "toy", run: str | None = None, overrid
     """The one call at the top of a stage notebook: resolve the run (parameters validated like
     ``--set``), build it into the store if it is not there yet, print where it is. Returns the
     run's context; ``ctx.metrics()`` holds what the page shows."""
-    from .stages import STAGES
-    from .store import open_run
+    from .plan import open_run
 
     ctx = open_run(stage, profile, run, overrides, force)
     if not ctx.complete:
-        with ctx.build(resumable=STAGES[stage].resumable) as out:
-            STAGES[stage].build(ctx, out)
+        with ctx.build(resumable=ctx.run.spec.resumable) as out:
+            ctx.run.spec.build(ctx, out)
     return ctx
 
 

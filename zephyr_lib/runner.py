@@ -39,11 +39,12 @@ from pathlib import Path
 import nbformat
 import yaml
 
-from .config import (REPO, THREADS_ENV, ConfigError, Profile, check_secret_free, load_profile, parse_override,
+from .config import (REPO, THREADS_ENV, ConfigError, Profile, check_secret_free, parse_override,
                      refuse_secret_names)
 from .io import DataError, read_json
+from .plan import load_profile
 from .stages import STAGES
-from .store import (BUILD_INFO, MANIFEST, RUNS_DIR, CorruptRunError, clean_debris, stage_resumes,
+from .store import (BUILD_INFO, MANIFEST, RUNS_DIR, CorruptRunError, clean_debris,
                     context, lock_held, lock_owner, os_error_line, pid_alive, store_op)
 
 NOTEBOOKS = REPO / "notebooks"
@@ -207,7 +208,7 @@ def _kept_message(profile: Profile, run_name: str) -> str:
     try:
         resumable = bool(read_json(part / BUILD_INFO)["resumable"])
     except (OSError, DataError, KeyError, TypeError):
-        resumable = stage_resumes(ctx.run.stage)
+        resumable = ctx.run.spec.resumable
     if not resumable:
         shutil.rmtree(part, ignore_errors=True)
         return f"removed the unfinished {part} (stage {ctx.run.stage} starts over on a rerun)"
@@ -259,11 +260,11 @@ def _finish_notebook(path: Path, run_name: str, run_hash: str, page: str = "") -
 def executed_path(profile: Profile, run_name: str) -> Path:
     run = profile.runs[run_name]
     if run_name == run.stage:
-        return BOOK_STAGES / f"{STAGES[run.stage].notebook}.ipynb"
+        return BOOK_STAGES / f"{run.spec.notebook}.ipynb"
     return RUNS_DIR / profile.name / "executed" / f"{run_name}.ipynb"
 
 
-def _executed_hash(path: Path, key: str = "hash") -> str | None:
+def executed_hash(path: Path, key: str = "hash") -> str | None:
     """What an executed page records: the run's config hash (``key="hash"``) or its notebook's (``"notebook"``)."""
     try:
         return json.loads(path.read_text())["metadata"]["zephyr"][key]
@@ -391,12 +392,12 @@ def execute_run(profile: Profile, run_name: str, overrides: dict, force: bool, t
     dest = executed_path(profile, run_name)
     if not force:
         try:
-            if ctx.complete and _executed_hash(dest) == ctx.hash \
-                    and _executed_hash(dest, "notebook") == notebook_hash(ctx.run.stage):
+            if ctx.complete and executed_hash(dest) == ctx.hash \
+                    and executed_hash(dest, "notebook") == notebook_hash(ctx.run.stage):
                 return "cached"
         except CorruptRunError as e:
             raise StageFailed(str(e)) from None
-    nb_in = NOTEBOOKS / f"{STAGES[ctx.run.stage].notebook}.ipynb"
+    nb_in = NOTEBOOKS / f"{ctx.run.spec.notebook}.ipynb"
     params = {"profile": profile.name if profile.path.parent == REPO / "configs" else str(profile.path),
               "run": run_name, "overrides": overrides, "force": force}
     refuse_secret_names(params, f"run {run_name!r}: notebook parameter")  # before papermill writes it anywhere
@@ -486,8 +487,7 @@ def default_jobs() -> int:
 
 
 def _runs_alone(run) -> bool:
-    stage = STAGES.get(run.stage)
-    return bool(stage and stage.alone)
+    return run.spec.alone
 
 
 def _run_parallel(profile: Profile, plan: list, run_overrides, forced: set[str], timeout_s: float, log_dir: Path,
@@ -589,7 +589,8 @@ def run_pipeline(profile_name: str, stages: list[str] | None = None, sets: list[
     log_dir = RUNS_DIR / profile.name / "logs"
     completed = {r: context(profile, r).dir for r in profile.runs if (context(profile, r).dir / MANIFEST).is_file()}
     with store_op("clean up in"):
-        clean_debris(profile.name, RUNS_DIR, log=lambda m: echo(m, flush=True), completed_runs=completed)
+        clean_debris(profile.name, RUNS_DIR, log=lambda m: echo(m, flush=True), completed_runs=completed,
+                     resumable_stages={n for n, s in STAGES.items() if s.resumable})
     handlers = {}
     if threading.current_thread() is threading.main_thread():
         for sig in (signal.SIGINT, signal.SIGTERM):

@@ -22,23 +22,15 @@ from pathlib import Path
 
 from .stages.sft import SFTConfig
 from .modeling import labelled_positions_only, last_checkpoint, register_document_attention, weights_source
+from .trl_shared import TrainResult, final_eval, lora_setup, save_final
 
 
 def trl_args(cfg: SFTConfig, output_dir: str | Path, use_cpu: bool | None = None):
     """The exact ``trl.SFTConfig`` a stage config resolves to."""
-    import torch
     from trl import SFTConfig as TRLSFTConfig
 
-    cpu = (not torch.cuda.is_available()) if use_cpu is None else use_cpu
     return TRLSFTConfig(
-        output_dir=str(output_dir),
-        learning_rate=cfg.learning_rate,
-        lr_scheduler_type=cfg.lr_scheduler_type,
-        warmup_steps=cfg.warmup_ratio,  # transformers 5: a float < 1 is a fraction of the steps
-        num_train_epochs=cfg.num_train_epochs,
-        per_device_train_batch_size=cfg.per_device_train_batch_size,
-        per_device_eval_batch_size=cfg.per_device_train_batch_size,
-        gradient_accumulation_steps=cfg.gradient_accumulation_steps,
+        **cfg.trl_kwargs(output_dir, use_cpu),  # the settings every trainer stage shares
         # Padding-free batches: TRL does not truncate them, so train() truncates to max_length itself.
         max_length=None if _padding_free(cfg) else cfg.max_length,
         padding_free=_padding_free(cfg),
@@ -46,19 +38,8 @@ def trl_args(cfg: SFTConfig, output_dir: str | Path, use_cpu: bool | None = None
         packing_strategy=getattr(cfg, "packing_strategy", "bfd"),
         assistant_only_loss=cfg.assistant_only_loss and not cfg.packing,
         weight_decay=cfg.weight_decay,
-        logging_steps=cfg.logging_steps,
-        eval_strategy="steps",
-        eval_steps=cfg.eval_steps,
         save_strategy="steps",
         save_steps=cfg.save_steps,
-        save_total_limit=2,
-        bf16=cfg.bf16,
-        use_cpu=cpu,
-        activation_checkpointing=cfg.activation_checkpointing,
-        report_to=[],
-        seed=cfg.seed,
-        data_seed=cfg.seed,
-        dataloader_num_workers=0,
     )
 
 
@@ -73,77 +54,6 @@ def truncate_prepared(dataset, max_length: int):
     if all(len(ids) <= max_length for ids in dataset["input_ids"]):
         return dataset
     return dataset.map(lambda ex: {c: ex[c][:max_length] for c in columns}, desc=f"truncate to {max_length}")
-
-
-def lora_setup(cfg) -> tuple[object | None, dict]:
-    """``(peft_config, extra from_pretrained kwargs)`` for an SFT or DPO stage config.
-
-    ``use_peft=False``: ``(None, {})``, full fine-tuning. ``use_peft=True``: a ``peft.LoraConfig``
-    from the ``lora_*`` fields for TRL's ``peft_config``; with ``load_in_4bit`` (QLoRA) also a
-    bitsandbytes 4-bit NF4 ``quantization_config`` and a per-process ``device_map``. peft and
-    bitsandbytes are optional and imported only here: a missing one is a clear ImportError.
-    """
-    if not cfg.use_peft:
-        if cfg.load_in_4bit:
-            raise ValueError("load_in_4bit=True needs use_peft=True (4-bit weights cannot be trained directly: QLoRA)")
-        return None, {}
-    try:
-        import peft
-    except ImportError:
-        raise ImportError("use_peft=True needs the peft package: pip install peft") from None
-    lora = peft.LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
-                           target_modules=list(cfg.lora_target_modules), bias="none", task_type="CAUSAL_LM")
-    kwargs: dict = {}
-    if cfg.load_in_4bit:
-        import importlib.util
-
-        if importlib.util.find_spec("bitsandbytes") is None:
-            raise ImportError("load_in_4bit=True needs the bitsandbytes package: pip install bitsandbytes")
-        import torch
-        from accelerate import PartialState
-        from transformers import BitsAndBytesConfig
-
-        compute = torch.bfloat16 if cfg.bf16 else torch.float32
-        kwargs["quantization_config"] = BitsAndBytesConfig(
-            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=compute,
-            bnb_4bit_use_double_quant=False, bnb_4bit_quant_storage=compute)
-        kwargs["device_map"] = {"": PartialState().local_process_index}
-    return lora, kwargs
-
-
-def save_final(trainer, cfg, tok, init, out: Path) -> None:
-    """Write the trained model + tokenizer to ``out/model`` (main process writes the tokenizer).
-
-    With ``use_peft`` the adapter goes to ``out/adapter`` and ``out/model`` is the base model at
-    ``init`` with the adapter merged in (a plain model, as later stages expect)."""
-    if not cfg.use_peft:
-        trainer.save_model(str(out / "model"))  # every process: ZeRO-3 / FSDP gather the weights here
-        if trainer.is_world_process_zero():
-            tok.save_pretrained(out / "model")
-        return
-    trainer.save_model(str(out / "adapter"))
-    if trainer.is_world_process_zero():
-        import torch
-        from peft import PeftModel
-        from transformers import AutoModelForCausalLM
-
-        source, source_kwargs = weights_source(init)
-        base = AutoModelForCausalLM.from_pretrained(source, dtype=torch.bfloat16 if cfg.bf16 else "auto", **source_kwargs)
-        PeftModel.from_pretrained(base, str(out / "adapter")).merge_and_unload().save_pretrained(out / "model")
-        tok.save_pretrained(out / "model")
-    trainer.accelerator.wait_for_everyone()
-
-
-def final_eval(trainer) -> dict:
-    """The final evaluation metrics. With a step-based eval strategy the Trainer already evaluates
-    after the last step; that result (same weights, same test set) is reused instead of running
-    the whole evaluation a second time. Otherwise ``trainer.evaluate()``."""
-    for entry in reversed(trainer.state.log_history):
-        if "eval_loss" in entry:
-            if entry.get("step") == trainer.state.global_step:
-                return {k: v for k, v in entry.items() if k.startswith("eval_")}
-            break
-    return trainer.evaluate()
 
 
 def load_sft_data(path: Path, max_train_samples: int = 0):
@@ -162,8 +72,8 @@ def load_sft_data(path: Path, max_train_samples: int = 0):
     return train, dsd["test_sft"].select_columns(["messages"])
 
 
-def train(cfg: SFTConfig, init: Path, data: Path, out: Path, callbacks: list | None = None) -> dict:
-    """Fine-tune the model at `init` on `data`; save to out/model. Returns the trainer's log."""
+def train(cfg: SFTConfig, init: Path, data: Path, out: Path, callbacks: list | None = None) -> TrainResult:
+    """Fine-tune the model at `init` on `data`; save to out/model. Returns the trainer's log and final metrics."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl import SFTTrainer
 
@@ -193,6 +103,7 @@ def train(cfg: SFTConfig, init: Path, data: Path, out: Path, callbacks: list | N
     if _padding_free(cfg):
         trainer.model.set_attn_implementation(attention)  # the saved model decodes with the standard kernel
     save_final(trainer, cfg, tok, init, out)
-    return {"log_history": trainer.state.log_history, "eval_loss": final["eval_loss"],
-            "steps": trainer.state.global_step, "n_train": len(train_ds), "n_test": len(test_ds),
-            "global_batch_size": cfg.global_batch_size}
+    return TrainResult(log_history=trainer.state.log_history,
+                       metrics={"eval_loss": final["eval_loss"], "steps": trainer.state.global_step,
+                                "n_train": len(train_ds), "n_test": len(test_ds),
+                                "global_batch_size": cfg.global_batch_size})

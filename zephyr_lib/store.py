@@ -7,10 +7,10 @@ resumable stage, e.g. training with checkpoints, picks up again on the next run)
 
 Notebooks open their run with ``page.open_stage``, which does::
 
-    ctx = open_run("sft", profile="toy", run="sft", overrides={})
+    ctx = plan.open_run("sft", profile="toy", run="sft", overrides={})
     if not ctx.complete:
-        with ctx.build(resumable=STAGES["sft"].resumable) as out:   # out: the partial folder
-            STAGES["sft"].build(ctx, out)                           # artifacts and metrics.json
+        with ctx.build(resumable=ctx.run.spec.resumable) as out:   # out: the partial folder
+            ctx.run.spec.build(ctx, out)                            # artifacts and metrics.json
     metrics = ctx.metrics()
 
 What the store guarantees (each is tested; see book/reproducibility.md):
@@ -41,9 +41,9 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Collection, Iterator
 
-from .config import REPO, THREADS_ENV, ConfigError, Profile, Run, TOY_AGENTS, load_profile, ref_run
+from .config import REPO, THREADS_ENV, ConfigError, Profile, Run, TOY_AGENTS, ref_run
 from .io import DataError, read_json, sha256_file, write_json
 
 RUNS_DIR = Path(os.environ.get("ZEPHYR_RUNS_DIR", REPO / "runs"))
@@ -51,11 +51,6 @@ MANIFEST = "manifest.json"
 BUILD_INFO = ".zephyr-build.json"  # in a partial folder while it is built: resumable or not
 
 
-def stage_resumes(stage: str) -> bool:
-    """Does the stage resume from its partial folder (checkpoints)? From the registry; consulted
-    when a partial folder has no BUILD_INFO (e.g. one left by an older version)."""
-    from .stages import STAGES
-    return stage in STAGES and STAGES[stage].resumable
 PACKAGES = ("torch", "transformers", "trl", "datasets", "accelerate", "tokenizers", "papermill",
             "jupyter-book", "lm_eval", "numpy", "matplotlib")
 
@@ -461,40 +456,18 @@ def _int_env(name: str) -> int | None:
 def artifact_path(profile: Profile, ref: str, root: Path = RUNS_DIR) -> Path:
     """Where a run reference ('sft', 'curate/beta', 'dpo@2') lives in the store, built or not:
     'run@k' is its epoch-k model, 'run/x' its folder x, a bare run its stage's default artifact."""
-    from .stages import STAGES
-
     up = context(profile, ref_run(ref), root)
     if "@" in ref:
         return up.dir / f"epoch-{ref.split('@', 1)[1]}"
     if "/" in ref:
         return up.dir / ref.split("/", 1)[1]
-    return up.dir / STAGES[up.run.stage].artifact  # what a bare run name means for its stage
+    return up.dir / up.run.spec.artifact  # what a bare run name means for its stage
 
 
 def context(profile: Profile, run: str, root: Path = RUNS_DIR, force: bool = False) -> RunContext:
     if run not in profile.runs:
         raise ConfigError(f"profile {profile.name!r} has no run {run!r}; runs: {', '.join(profile.runs)}")
     return RunContext(profile, profile.runs[run], profile.run_hash(run), Path(root), force)
-
-
-def open_run(stage: str, profile: str = "toy", run: str | None = None, overrides: dict | None = None,
-             force: bool = False) -> RunContext:
-    """The run a stage notebook renders (see ``page.open_stage``, which also builds it if needed).
-
-    `overrides` holds this run's config overrides ({"key": value}) and, as {"run.key": value}, those
-    of other runs of the plan, so that a notebook resolves the same upstream hashes as the runner
-    that launched it. They are validated like ``--set`` (unknown keys and bad values are errors).
-    """
-    run = run or stage
-    plan: dict[str, dict] = {}
-    for key, value in dict(overrides or {}).items():
-        other, field_name = key.split(".", 1) if "." in key else (run, key)
-        plan.setdefault(other, {})[field_name] = value
-    prof = load_profile(profile, plan or None)
-    ctx = context(prof, run, force=force)
-    if ctx.run.stage != stage:
-        raise ConfigError(f"run {run!r} is a {ctx.run.stage!r} run, not a {stage!r} run")
-    return ctx
 
 
 def status(profile: Profile) -> list[dict]:
@@ -549,19 +522,22 @@ def verify_runs(profile: Profile, runs: list[str] | None = None, hashes: bool = 
     return out
 
 
-def _is_resumable_partial(partial: Path, stage: str) -> bool:
+def _is_resumable_partial(partial: Path, resumable_stages: Collection[str]) -> bool:
+    """Is a partial folder a resumable build? Its BUILD_INFO says; one without (e.g. left by an
+    older version) is when its stage (the folder above it) is one of ``resumable_stages``."""
     try:
         return bool(read_json(partial / BUILD_INFO)["resumable"])
     except (OSError, DataError, KeyError, TypeError):
-        return stage_resumes(stage)
+        return partial.parent.name in resumable_stages
 
 
 def clean_debris(profile_name: str, root: Path | None = None, log: Callable[[str], None] = echo,
-                 completed_runs: dict[str, str] | None = None) -> list[Path]:
+                 completed_runs: dict[str, str] | None = None, resumable_stages: Collection[str] = ()) -> list[Path]:
     """Remove what failed attempts left in ``<root>/<profile>/``; returns what was removed.
 
     * ``<stage>/.partial-*`` of stages that do not resume (no live builder holds its lock);
-      a resumable stage's partial folder (its checkpoints) is kept;
+      a resumable stage's partial folder (its checkpoints) is kept (``resumable_stages`` names
+      those stages, for partial folders that do not record it themselves);
     * ``<stage>/.lock-*`` that no process holds;
     * ``<stage>/.old-*`` left by an interrupted ``--force`` swap;
     * ``failed/<run>.ipynb`` of runs that have since completed (``completed_runs``: run -> the
@@ -574,7 +550,7 @@ def clean_debris(profile_name: str, root: Path | None = None, log: Callable[[str
     for stage_dir in sorted(p for p in base.iterdir() if p.is_dir()):
         for p in sorted(stage_dir.glob(".partial-*")):
             lock = stage_dir / f".lock-{p.name.removeprefix('.partial-')}"
-            if lock_held(lock) or _is_resumable_partial(p, stage_dir.name):
+            if lock_held(lock) or _is_resumable_partial(p, resumable_stages):
                 continue
             shutil.rmtree(p, ignore_errors=True)
             removed.append(p)

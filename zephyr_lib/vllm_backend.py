@@ -132,8 +132,6 @@ class VLLMAgent:
         return (out, stopped) if return_stopped else out
 
 
-GENERATION_BENCHMARKS = ("mt_bench", "alpaca_eval")
-LOGLIKELIHOOD_BENCHMARKS = ("leaderboard",)
 DEFAULT_GPU_MEMORY_UTILIZATION = 0.9  # vLLM's own default
 
 
@@ -149,7 +147,9 @@ def memory_plan(benchmarks: Sequence[str], *, use_vllm: bool,
     ``"leaderboard"`` loads the model into lm-eval on an empty GPU. The two never hold the GPU at
     the same time. With ``gpu_gib`` and ``model_gib`` (weights), a fraction that cannot hold
     the weights is a ValueError naming ``setting``."""
-    unknown = [b for b in benchmarks if b not in GENERATION_BENCHMARKS + LOGLIKELIHOOD_BENCHMARKS]
+    from .evals.benchmarks import BENCHMARKS  # their order, and which score log-likelihoods (needs_weights)
+
+    unknown = [b for b in benchmarks if b not in BENCHMARKS]
     if unknown:
         raise ValueError(f"memory_plan: unknown benchmark(s) {unknown}")
     f = float(gpu_memory_utilization)
@@ -158,8 +158,8 @@ def memory_plan(benchmarks: Sequence[str], *, use_vllm: bool,
     if use_vllm and gpu_gib is not None and model_gib is not None and f * gpu_gib <= model_gib:
         raise ValueError(f"{setting}={f}: vLLM would get {f * gpu_gib:.1f} GiB of the {gpu_gib:.0f} GiB GPU, "
                          f"not enough for the model's {model_gib:.1f} GiB of weights plus a KV cache")
-    gen = [b for b in GENERATION_BENCHMARKS if b in benchmarks]
-    ll = [b for b in LOGLIKELIHOOD_BENCHMARKS if b in benchmarks]
+    gen = [b for b, cls in BENCHMARKS.items() if b in benchmarks and not cls.needs_weights]
+    ll = [b for b, cls in BENCHMARKS.items() if b in benchmarks and cls.needs_weights]
     steps = list(gen)
     if ll and gen:
         steps.append("release")

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from ..config import ConfigError, StageConfig, endpoint, opt, ref, refs
 from ..io import write_json, write_jsonl
-from . import Stage
+from ..stage import Stage
 
 
 @dataclass(frozen=True)

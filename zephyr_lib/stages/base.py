@@ -11,7 +11,7 @@ from pathlib import Path
 
 from ..config import ConfigError, StageConfig, opt
 from ..io import write_json, write_jsonl
-from . import Stage
+from ..stage import Stage
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from ..config import ConfigError, StageConfig, endpoint, opt
 from ..io import write_json, write_jsonl
-from . import Stage
+from ..stage import Stage
 
 N_ALPACA_MAX = 200  # training prompts exclude every prompt (and paraphrase) any toy benchmark can ask: eval.n_alpaca <= this
 

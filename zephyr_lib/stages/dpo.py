@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..config import ConfigError, opt, ref
-from . import Stage
+from ..stage import Stage
 from .training import SCHEDULES, TrainingConfig, train_and_probe
 
 # TRL 1.16's DPOConfig.loss_type values (the paper's loss is 'sigmoid')
@@ -52,7 +52,7 @@ def build(ctx, out: Path) -> dict:
                            ref_cache=ctx.root / ctx.profile.name / "ref_logps_cache")
 
 
-def on_policy_diagnostics(ctx, res: dict) -> dict:
+def on_policy_diagnostics(ctx, res) -> dict:
     """How on-policy the preference pairs are: the starting policy's mean log π(y|x) of the chosen
     and of the rejected answers, by the pool member that wrote them (needs the aif run's
     pair_members.jsonl). These are the reference log-probs TRL precomputed for every training
@@ -68,7 +68,7 @@ def on_policy_diagnostics(ctx, res: dict) -> dict:
     from ..io import read_jsonl
 
     cfg = ctx.cfg
-    ref = res.pop("ref_logps", None)
+    ref = res.ref_logps
     members_file = ctx.upstream(ref_run(cfg.data)).dir / "pair_members.jsonl"
     if not cfg.diagnose_pairs or not ref or not members_file.exists():
         return {}
@@ -96,4 +96,5 @@ def on_policy_diagnostics(ctx, res: dict) -> dict:
     return {"on_policy": on_policy, "on_policy_ambiguous_prompts": len(repeated)} if on_policy else {}
 
 
-STAGE = Stage("dpo", DPOConfig, notebook="04_dpo", artifact="model", build=build, resumable=True, trainer=True)
+STAGE = Stage("dpo", DPOConfig, notebook="04_dpo", artifact="model", build=build, resumable=True,
+              trainer="zephyr_lib.dpo")

@@ -19,9 +19,10 @@ from pathlib import Path
 
 from ..config import TOY_AGENTS, TOY_JUDGE_VERSION, StageConfig, config_hash, endpoint, opt, ref_run, refs
 from ..io import read_json, write_json, write_jsonl
-from . import Stage
+from ..evals.benchmarks import BENCHMARKS
+from ..stage import Stage
 
-BENCHMARK_NAMES = ("mt_bench", "alpaca_eval", "leaderboard")
+BENCHMARK_NAMES = tuple(BENCHMARKS)  # the one list of benchmarks (evals/benchmarks.py)
 
 
 @dataclass(frozen=True)
@@ -142,7 +143,6 @@ def build(ctx, out: Path) -> dict:
     """Every benchmark for every model: from the per-model cache when it has the result, else run."""
     from .. import modeling
     from ..agents import judge_for, make_agent
-    from ..evals.benchmarks import BENCHMARKS
     from ..vllm_backend import available as vllm_available
     from ..vllm_backend import memory_plan, release
 

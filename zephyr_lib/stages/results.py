@@ -14,7 +14,7 @@ from pathlib import Path
 
 from ..config import ConfigError, StageConfig, opt, ref
 from ..io import read_jsonl, write_json
-from . import Stage
+from ..stage import Stage
 
 DEFAULT_CLAIMS = [
     "dSFT > base model: sft > base",

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..config import opt, ref
-from . import Stage
+from ..stage import Stage
 from .training import SCHEDULES, TrainingConfig, train_and_probe
 
 
@@ -37,4 +37,5 @@ def build(ctx, out: Path) -> dict:
     return train_and_probe(ctx, out, probe_seed=10_000)
 
 
-STAGE = Stage("sft", SFTConfig, notebook="02_sft", artifact="model", build=build, resumable=True, trainer=True)
+STAGE = Stage("sft", SFTConfig, notebook="02_sft", artifact="model", build=build, resumable=True,
+              trainer="zephyr_lib.sft")

@@ -57,6 +57,34 @@ class TrainingConfig(StageConfig):
     def global_batch_size(self) -> int:
         return self.per_device_train_batch_size * self.gradient_accumulation_steps * self.num_processes
 
+    def trl_kwargs(self, output_dir: str | Path, use_cpu: bool | None = None) -> dict:
+        """The TRL arguments every trainer stage shares (the one mapping of these fields onto
+        ``trl.SFTConfig`` / ``trl.DPOConfig`` / any TRL config); a wrapper's ``trl_args`` adds its
+        own. ``use_cpu``: default, when no GPU is available."""
+        import torch
+
+        return dict(
+            output_dir=str(output_dir),
+            learning_rate=self.learning_rate,
+            lr_scheduler_type=self.lr_scheduler_type,
+            warmup_steps=self.warmup_ratio,  # transformers 5: a float < 1 is a fraction of the steps
+            num_train_epochs=self.num_train_epochs,
+            per_device_train_batch_size=self.per_device_train_batch_size,
+            per_device_eval_batch_size=self.per_device_train_batch_size,
+            gradient_accumulation_steps=self.gradient_accumulation_steps,
+            logging_steps=self.logging_steps,
+            eval_strategy="steps",
+            eval_steps=self.eval_steps,
+            save_total_limit=2,
+            bf16=self.bf16,
+            use_cpu=(not torch.cuda.is_available()) if use_cpu is None else use_cpu,
+            activation_checkpointing=self.activation_checkpointing,
+            report_to=[],
+            seed=self.seed,
+            data_seed=self.seed,
+            dataloader_num_workers=0,
+        )
+
 
 ERROR_KINDS = ("wrong", "constraint", "hallucinated", "boilerplate", "lowercase", "junk", "empty", "repetitive", "verbose")
 
@@ -109,18 +137,18 @@ def held_out_before_after(ctx, init, trained: Path, seed: int, prefix: str, n: i
 def train_and_probe(ctx, out: Path, probe_seed: int, after=None, **in_process) -> dict:
     """Train the run's stage (``launch.train_stage``), then probe the model before and after on
     held-out prompts; writes log_history.jsonl, samples.jsonl and metrics.json. ``after(result)``,
-    if given, turns the training result into more metrics (it may pop what it uses);
+    if given, turns the training result (a ``trl_shared.TrainResult``) into more metrics;
     ``in_process`` goes to the stage's ``train`` when it runs in this process."""
     from .. import launch, modeling
 
     modeling.set_threads()
     cfg, stage = ctx.cfg, ctx.run.stage
     init, data = ctx.resolve(cfg.init), ctx.resolve(cfg.data)
-    res = launch.train_stage(stage, cfg, init, data, out, **in_process)  # in-process, or accelerate launch for >1 process
-    write_jsonl(out / "log_history.jsonl", res.pop("log_history"))
+    res = launch.train_stage(ctx.run.spec, cfg, init, data, out, **in_process)  # in-process, or accelerate launch for >1 process
+    write_jsonl(out / "log_history.jsonl", res.log_history)
     extra = after(res) if after else {}
     rows, held_out = held_out_before_after(ctx, init, out / "model", seed=probe_seed + cfg.seed, prefix=f"{stage}probe")
-    metrics = {**res, **held_out, **extra}
+    metrics = {**res.metrics, **held_out, **extra}
     write_jsonl(out / "samples.jsonl", rows)
     write_json(out / "metrics.json", metrics)
     return metrics
