@@ -532,15 +532,19 @@ def _decoding(cfg: Any) -> dict:
 
 def dry_run(profile: str | Any, gpus_per_node: int = 8, num_machines: int = 2, *, sets: list[str] | None = None,
             stages: list[str] | None = None, main_process_ip: str = "", main_process_port: int | None = None,
-            root: Path | None = None, echo=print) -> dict:
+            root: Path | None = None, echo=print, preflight: bool = True) -> dict:
     """Print, for every run of ``profile``'s plan (or of ``stages`` and what they need), its resolved
     config (datasets and revisions, models, judge and decoding settings) and, for the training
     stages, global batch = per-device × accumulation × processes and the exact ``accelerate
     launch`` command of every node with the global ranks it starts, on a cluster of
     ``num_machines`` × ``gpus_per_node`` GPUs. Trains nothing and needs no GPU or network.
 
-    Returns ``{"runs": {name: {...}}, "errors": [...], "warnings": [...]}``; an error (a stage that
-    cannot start on this cluster) is printed and returned, not raised."""
+    With ``preflight`` it first runs :mod:`zephyr_lib.preflight` (endpoints, retired models, hub
+    access and revisions, disk): a failed check is an error, so a plan that would fail hours in
+    fails here in seconds.
+
+    Returns ``{"runs": {name: {...}}, "errors": [...], "warnings": [...], "preflight": [...]}``; an
+    error (a stage that cannot start on this cluster, a failed check) is printed and returned, not raised."""
     from .config import load_profile
 
     prof = load_profile(profile, sets) if isinstance(profile, str) else profile
@@ -549,6 +553,15 @@ def dry_run(profile: str | Any, gpus_per_node: int = 8, num_machines: int = 2, *
     warnings: list[str] = []
     runs: dict[str, dict] = {}
     echo(f"# dry run: profile {prof.name} ({prof.path}) on {num_machines} machine(s) x {gpus_per_node} GPU(s)")
+    checks = []
+    if preflight:
+        from . import preflight as pf
+        from .store import RUNS_DIR
+
+        echo("# preflight (zephyr check)")
+        checks = pf.run_checks(prof, prof.order(stages), root=root or RUNS_DIR)
+        pf.report(checks, echo)
+        errors += [f"preflight: {c.what}: {c.detail}" for c in checks if c.status == "fail"]
     for run in prof.order(stages):
         cfg, stage = run.config, run.stage
         info: dict = {"stage": stage, "hash": prof.run_hash(run.name), "upstream": list(run.upstream),
@@ -604,7 +617,7 @@ def dry_run(profile: str | Any, gpus_per_node: int = 8, num_machines: int = 2, *
         echo(f"WARNING: {w}")
     for e in errors:
         echo(f"ERROR: {e}")
-    return {"runs": runs, "errors": errors, "warnings": warnings}
+    return {"runs": runs, "errors": errors, "warnings": warnings, "preflight": [dataclasses.asdict(c) for c in checks]}
 
 
 def _echo_run(name: str, info: dict, echo) -> None:
