@@ -3,6 +3,7 @@
     zephyr run --profile toy [--stages base,curate] [--set run.key=value ...] [--force]
     zephyr run --profile paper --dry-run [--gpus-per-node 8 --num-machines 2]   # commands, configs; no training
     zephyr check --profile paper [--stages eval] # preflight: endpoints, retired models, hub access, disk, GPUs
+    zephyr fetch --profile paper                # login node: every hub repo and file of the plan, pinned
     zephyr config --profile toy [--run sft]     # resolved configs and hashes
     zephyr status --profile toy                 # which runs are complete
     zephyr verify --profile toy [--run sft]     # check stored runs' files against their manifests
@@ -46,6 +47,10 @@ def main(argv: list[str] | None = None) -> int:
     ck.add_argument("--profile", default="toy")
     ck.add_argument("--stages", default="", help="comma-separated runs or stages (and what they need)")
     ck.add_argument("--set", dest="sets", action="append", default=[], metavar="RUN.KEY=VALUE")
+    fe = sub.add_parser("fetch", help="download every hub model/dataset and file of the plan (then HF_HUB_OFFLINE=1 works)")
+    fe.add_argument("--profile", default="toy")
+    fe.add_argument("--stages", default="", help="comma-separated runs or stages (and what they need)")
+    fe.add_argument("--set", dest="sets", action="append", default=[], metavar="RUN.KEY=VALUE")
     c.add_argument("--run", default=None)
     v = sub.add_parser("verify", help="check the stored runs' files (sizes and sha256) against their manifests")
     v.add_argument("--profile", default="toy")
@@ -81,6 +86,9 @@ def main(argv: list[str] | None = None) -> int:
         if a.cmd == "check":
             from .preflight import main_check
             return main_check(a.profile, a.sets, [x.strip() for x in a.stages.split(",") if x.strip()] or None)
+        if a.cmd == "fetch":
+            from .fetch import main_fetch
+            return main_fetch(a.profile, a.sets, [x.strip() for x in a.stages.split(",") if x.strip()] or None)
         if a.cmd == "run" and a.dry_run:
             from .launch import dry_run
             stages = [x.strip() for x in a.stages.split(",") if x.strip()] or None

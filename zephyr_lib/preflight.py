@@ -365,6 +365,11 @@ def run_checks(profile, runs: list | None = None, *, root: Path | None = None, r
     return checks
 
 
+def is_resource(check: Check) -> bool:
+    """A disk or GPU check (about the machine it runs on, not the plan's inputs)."""
+    return check.what.startswith(("disk for", "GPU memory"))
+
+
 def report(checks: list[Check], echo=print) -> bool:
     """Print one line per check; True when none failed."""
     if not checks:
