@@ -6,6 +6,7 @@
 # its own 1-GPU job (tools/slurm_eval.sh), so the 16 GPUs are not held while it generates and judges.
 #
 #   bash tools/submit_paper.sh                          # login node: dry run + preflight, then both jobs
+#   python -m zephyr_lib run --profile paper --dry-run  # the check alone, on any machine
 #   sbatch tools/slurm_example.sh                       # training only (base, curate, sft, aif, dpo)
 #   STAGES=sft sbatch tools/slurm_example.sh            # one stage (and what it needs, cached if done)
 #
