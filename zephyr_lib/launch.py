@@ -577,6 +577,11 @@ def dry_run(profile: str | Any, gpus_per_node: int = 8, num_machines: int = 2, *
             info["judge"] = _judge_settings(stage, cfg, prof)
         if stage == "eval":
             info["decoding"] = _decoding(cfg)
+            from .preflight import hub_refs
+            for ref in hub_refs(prof, [run]):
+                if not ref.revision:
+                    warnings.append(f"{run.name}: {ref.setting} {ref.repo} has no revision (the hub's default branch; "
+                                    "`zephyr check` prints the commit to pin)")
             if cfg.alpaca_eval_set.rstrip("/").endswith(_NOT_THE_BASELINE):
                 warnings.append(f"{run.name}: eval.alpaca_eval_set is alpaca_eval's {_NOT_THE_BASELINE}, whose outputs "
                                 "differ from the AlpacaEval 1 baseline GPT-4 judged in 785 of 805 rows; use the hub "
