@@ -14,11 +14,11 @@ PKG = REPO / "zephyr_lib"
 LAYERS: list[tuple[str, set[str]]] = [
     ("foundation", {"io", "results", "stage", "config"}),
     ("library", {"store", "modeling", "curate", "feedback", "judges", "generate", "vllm_backend", "agents", "pool",
-                 "ultrachat", "trl_shared", "launch", "evals", "toyworld"}),
+                 "ultrachat", "trl_shared", "launch", "evals", "toyworld", "preflight"}),
     ("stages", {"stages"}),
     ("trainers", {"sft", "dpo"}),
     ("plan", {"plan"}),
-    ("commands", {"runner", "page", "launch_cli", "book", "bench", "__main__"}),
+    ("commands", {"runner", "page", "launch_cli", "book", "bench", "fetch", "__main__"}),
 ]
 
 

@@ -30,5 +30,5 @@ def test_slurm_example_runs_the_node_command_once_per_node():
     text = (REPO / "tools" / "slurm_example.sh").read_text()
     assert "#SBATCH --nodes=2" in text and "#SBATCH --ntasks-per-node=1" in text and "#SBATCH --gpus-per-node=8" in text
     assert "\nsrun --ntasks-per-node=1 " in text and "export ZEPHYR_MACHINE_RANK=$SLURM_NODEID" in text
-    assert 'python -m zephyr_lib.launch_cli node --profile "$PROFILE"' in text and "export PROFILE STAGES" in text
+    assert '"$PYTHON" -m zephyr_lib.launch_cli node --profile "$PROFILE"' in text and "export PROFILE STAGES" in text
     assert "ZEPHYR_MAIN_PROCESS_IP" in text and "--dry-run" in text

@@ -10,6 +10,7 @@ import pytest
 from zephyr_lib import launch_cli
 from zephyr_lib.config import REPO, ConfigError
 from zephyr_lib.plan import load_profile
+from zephyr_lib.preflight import RETIRED
 from zephyr_lib.io import read_json
 from zephyr_lib.stages import STAGES
 from zephyr_lib.store import context
@@ -167,7 +168,9 @@ def test_paper_and_handbook_profiles_take_their_own_data():
         ev = prof.runs["eval"].config
         assert (ev.alpaca_eval_set, ev.alpaca_temperature, ev.alpaca_top_p, ev.alpaca_max_new_tokens) == \
             ("tatsu-lab/alpaca_eval", 0.7, 1.0, 2048)
-        assert prof.endpoints[ev.judge].model == "gpt-4-0613"
+        # the paper's gpt-4-0613 is shut down (preflight.RETIRED): a current judge, and the paper's models beside ours
+        assert prof.endpoints[ev.judge].model == "gpt-6.1-sol" and prof.endpoints[ev.judge].model not in RETIRED
+        assert any(a.startswith("zephyr-7b-beta=HuggingFaceH4/zephyr-7b-beta@") for a in ev.anchors) and ev.alpaca_rejudge
 
 
 def test_the_toy_pool_is_shaped_like_ultrafeedbacks():

@@ -2,6 +2,8 @@
 
     zephyr run --profile toy [--stages base,curate] [--set run.key=value ...] [--force]
     zephyr run --profile paper --dry-run [--gpus-per-node 8 --num-machines 2]   # commands, configs; no training
+    zephyr check --profile paper [--stages eval] # preflight: endpoints, retired models, hub access, disk, GPUs
+    zephyr fetch --profile paper                # login node: every hub repo and file of the plan, pinned
     zephyr config --profile toy [--run sft]     # resolved configs and hashes
     zephyr status --profile toy                 # which runs are complete
     zephyr verify --profile toy [--run sft]     # check stored runs' files against their manifests
@@ -41,6 +43,15 @@ def main(argv: list[str] | None = None) -> int:
                    help="print every run's resolved config and the exact launch commands per node; train nothing")
     r.add_argument("--gpus-per-node", type=int, default=8, help="--dry-run: GPUs per machine (default 8)")
     r.add_argument("--num-machines", type=int, default=2, help="--dry-run: machines in the cluster (default 2)")
+    r.add_argument("--no-check", action="store_true", help="--dry-run: skip the preflight checks (zephyr check)")
+    ck = sub.add_parser("check", help="preflight: endpoints answer, no retired model, hub access, disk and GPU memory")
+    ck.add_argument("--profile", default="toy")
+    ck.add_argument("--stages", default="", help="comma-separated runs or stages (and what they need)")
+    ck.add_argument("--set", dest="sets", action="append", default=[], metavar="RUN.KEY=VALUE")
+    fe = sub.add_parser("fetch", help="download every hub model/dataset and file of the plan (then HF_HUB_OFFLINE=1 works)")
+    fe.add_argument("--profile", default="toy")
+    fe.add_argument("--stages", default="", help="comma-separated runs or stages (and what they need)")
+    fe.add_argument("--set", dest="sets", action="append", default=[], metavar="RUN.KEY=VALUE")
     c.add_argument("--run", default=None)
     v = sub.add_parser("verify", help="check the stored runs' files (sizes and sha256) against their manifests")
     v.add_argument("--profile", default="toy")
@@ -73,10 +84,20 @@ def main(argv: list[str] | None = None) -> int:
             for msg in problems:
                 print(f"error: {msg}", file=sys.stderr)
             return 1 if problems else 0
+        if a.cmd == "check":  # zephyr check: 0 when every check passed, 1 otherwise
+            from .plan import load_profile
+            from .preflight import report, run_checks
+            prof = load_profile(a.profile, a.sets)
+            print(f"# preflight: profile {prof.name} ({prof.path})")
+            return 0 if report(run_checks(prof, prof.order([x.strip() for x in a.stages.split(",") if x.strip()] or None))) else 1
+        if a.cmd == "fetch":
+            from .fetch import main_fetch
+            return main_fetch(a.profile, a.sets, [x.strip() for x in a.stages.split(",") if x.strip()] or None)
         if a.cmd == "run" and a.dry_run:
             from .launch_cli import dry_run
             stages = [x.strip() for x in a.stages.split(",") if x.strip()] or None
-            plan = dry_run(a.profile, a.gpus_per_node, a.num_machines, sets=a.sets, stages=stages)
+            plan = dry_run(a.profile, a.gpus_per_node, a.num_machines, sets=a.sets, stages=stages,
+                           preflight=not a.no_check)
             return 1 if plan["errors"] else 0
         if a.cmd == "run":
             from .runner import StageFailed, run_pipeline

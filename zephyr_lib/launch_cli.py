@@ -150,21 +150,36 @@ def _decoding(cfg: Any) -> dict:
 
 def dry_run(profile: str | Any, gpus_per_node: int = 8, num_machines: int = 2, *, sets: list[str] | None = None,
             stages: list[str] | None = None, main_process_ip: str = "", main_process_port: int | None = None,
-            root: Path | None = None, echo=print) -> dict:
+            root: Path | None = None, echo=print, preflight: bool = True) -> dict:
     """Print, for every run of ``profile``'s plan (or of ``stages`` and what they need), its resolved
     config (datasets and revisions, models, judge and decoding settings) and, for the training
     stages, global batch = per-device × accumulation × processes and the exact ``accelerate
     launch`` command of every node with the global ranks it starts, on a cluster of
     ``num_machines`` × ``gpus_per_node`` GPUs. Trains nothing and needs no GPU or network.
 
-    Returns ``{"runs": {name: {...}}, "errors": [...], "warnings": [...]}``; an error (a stage that
-    cannot start on this cluster) is printed and returned, not raised."""
+    With ``preflight`` it first runs :mod:`zephyr_lib.preflight` (endpoints, retired models, hub
+    access and revisions, disk): a failed check is an error, so a plan that would fail hours in
+    fails here in seconds.
+
+    Returns ``{"runs": {name: {...}}, "errors": [...], "warnings": [...], "preflight": [...]}``; an
+    error (a stage that cannot start on this cluster, a failed check) is printed and returned, not raised."""
     prof = load_profile(profile, sets) if isinstance(profile, str) else profile
     ip = main_process_ip or os.environ.get(IP_ENV, "") or "<main-node-address>"
     errors: list[str] = []
     warnings: list[str] = []
     runs: dict[str, dict] = {}
     echo(f"# dry run: profile {prof.name} ({prof.path}) on {num_machines} machine(s) x {gpus_per_node} GPU(s)")
+    checks = []
+    if preflight:
+        from . import preflight as pf
+        from .store import RUNS_DIR
+
+        echo("# preflight (zephyr check)")
+        checks = pf.run_checks(prof, prof.order(stages), root=root or RUNS_DIR)
+        pf.report(checks, echo)
+        for c in checks:  # this machine's disk and GPUs are not the cluster's: a warning, not an error
+            if c.status == "fail":
+                (warnings if pf.is_resource(c) else errors).append(f"preflight: {c.what}: {c.detail}")
     for run in prof.order(stages):
         cfg, stage = run.config, run.stage
         info: dict = {"stage": stage, "hash": prof.run_hash(run.name), "upstream": list(run.upstream),
@@ -178,6 +193,11 @@ def dry_run(profile: str | Any, gpus_per_node: int = 8, num_machines: int = 2, *
             info["judge"] = _judge_settings(stage, cfg, prof)
         if stage == "eval":
             info["decoding"] = _decoding(cfg)
+            from .preflight import hub_refs
+            for ref in hub_refs(prof, [run]):
+                if not ref.revision:
+                    warnings.append(f"{run.name}: {ref.setting} {ref.repo} has no revision (the hub's default branch; "
+                                    "`zephyr check` prints the commit to pin)")
             if cfg.alpaca_eval_set.rstrip("/").endswith(_NOT_THE_BASELINE):
                 warnings.append(f"{run.name}: eval.alpaca_eval_set is alpaca_eval's {_NOT_THE_BASELINE}, whose outputs "
                                 "differ from the AlpacaEval 1 baseline GPT-4 judged in 785 of 805 rows; use the hub "
@@ -220,7 +240,7 @@ def dry_run(profile: str | Any, gpus_per_node: int = 8, num_machines: int = 2, *
         echo(f"WARNING: {w}")
     for e in errors:
         echo(f"ERROR: {e}")
-    return {"runs": runs, "errors": errors, "warnings": warnings}
+    return {"runs": runs, "errors": errors, "warnings": warnings, "preflight": [dataclasses.asdict(c) for c in checks]}
 
 
 def _echo_run(name: str, info: dict, echo) -> None:

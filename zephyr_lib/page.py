@@ -23,6 +23,8 @@ def open_stage(stage: str, profile: str = "toy", run: str | None = None, overrid
 
     ctx = open_run(stage, profile, run, overrides, force)
     if not ctx.complete:
+        from .preflight import require_for_run
+        require_for_run(ctx)  # endpoints and hub first: never start work that cannot finish
         with ctx.build(resumable=ctx.run.spec.resumable) as out:
             ctx.run.spec.build(ctx, out)
     return ctx

@@ -585,6 +585,16 @@ def run_pipeline(profile_name: str, stages: list[str] | None = None, sets: list[
         forced = {r.name for r in plan if r.name in stages or r.stage in stages}
     else:
         forced = set(profile.runs)
+    # preflight for the runs to build: endpoints, retired models, hub access, disk, GPUs (seconds, not hours in)
+    from .preflight import report, run_checks
+    todo = [r for r in plan if r.name in forced or not context(profile, r.name).complete]
+    checks = run_checks(profile, todo, root=RUNS_DIR)
+    if checks:
+        report(checks, lambda m: echo(m, flush=True))
+    failed = [c for c in checks if c.status == "fail"]
+    if failed:
+        raise StageFailed(f"preflight: {len(failed)} check(s) failed, nothing was started: "
+                          + " | ".join(f"{c.what}: {c.detail}" for c in failed))
     timeout_s = timeout_s or DEFAULT_TIMEOUT_S.get(profile.name, 48 * 3600)
     log_dir = RUNS_DIR / profile.name / "logs"
     completed = {r: context(profile, r).dir for r in profile.runs if (context(profile, r).dir / MANIFEST).is_file()}

@@ -51,6 +51,9 @@ class EvalConfig(StageConfig):
     judge: str = endpoint("toy", "Endpoint that judges MT-Bench and AlpacaEval (the paper: GPT-4).")
     judge_failure_budget: float = opt(0.0, "Share of judge requests allowed to fail (transport or unparsable) before the run counts as incomplete; 0 = any failure stops it (resumable: the cache keeps every answer). A budget above 0 is shown on the page.", ge=0, lt=1, hash_omit_default=True)
     seed: int = opt(0, "Sampling seed.")
+    anchors: list[str] = opt([], "The paper's published models, evaluated beside `models` under the same judge so that today's scores compare like with like: 'label=org/model@revision' (a hub snapshot, fetched at that commit) or 'label=/local/path'.", hash_omit_default=True)
+    alpaca_rejudge: str = opt("", "Archived AlpacaEval outputs of the paper's model (model_outputs.json: path or URL), re-judged by `judge` against this eval set's baseline: the judge drift from the paper's published win rate, as a number (empty = off).", hash_omit_default=True)
+    alpaca_eval_revision: str = opt("", "Hub revision (commit) of `alpaca_eval_set` when it is the hub dataset (empty = default branch).", hash_omit_default=True)
 
 
 def eval_inputs(ctx) -> dict:
@@ -89,9 +92,11 @@ def eval_inputs(ctx) -> dict:
         out["alpaca"] = [{"instruction": t.turns[0], "output": o, "generator": "toy_reference (text-davinci-003 stand-in)",
                           "dataset": f"toy/{t.category}"} for t, o in zip(tasks, ref)]
     elif cfg.alpaca_eval_set == ae.BASELINE_SOURCE["hub_id"]:
-        out["alpaca"], out["alpaca_baseline"] = ae.load_baseline(cfg.alpaca_eval_set, cache_dir=cache)
+        out["alpaca"], out["alpaca_baseline"] = ae.load_baseline(cfg.alpaca_eval_set, cfg.alpaca_eval_revision or None)
     else:  # a local file or URL; alpaca_eval's later davinci outputs are refused (BaselineError)
         out["alpaca"], out["alpaca_baseline"] = ae.load_baseline(get(cfg.alpaca_eval_set))
+    if cfg.alpaca_rejudge:
+        out["alpaca_archived"] = ae.load_model_outputs(get(cfg.alpaca_rejudge), out["alpaca"])
     if "leaderboard" in cfg.benchmarks and cfg.leaderboard_tasks == "toy":
         from ..toyworld.benchmarks import chance_levels, leaderboard_rows
 
@@ -139,12 +144,21 @@ def model_key(ctx, name: str) -> dict:
     return {"run_hash": ctx.profile.run_hash(ref_run(name)), "ref": name.split(ref_run(name), 1)[1]}
 
 
+def anchor_path(source: str, revision: str) -> str:
+    """A published model's weights as a local folder: a hub snapshot at ``revision`` (from the hub
+    cache when ``zephyr fetch`` put it there; works with ``HF_HUB_OFFLINE=1``) or a local path."""
+    if Path(source).exists():
+        return str(source)
+    from huggingface_hub import snapshot_download
+    return snapshot_download(source, revision=revision or None)
+
+
 def build(ctx, out: Path) -> dict:
     """Every benchmark for every model: from the per-model cache when it has the result, else run."""
     from .. import modeling
     from ..agents import judge_for, make_agent
     from ..vllm_backend import available as vllm_available
-    from ..vllm_backend import memory_plan, release
+    from ..vllm_backend import generation_agent, memory_plan, release
 
     modeling.set_threads()
     cfg = ctx.cfg
@@ -154,14 +168,28 @@ def build(ctx, out: Path) -> dict:
         write_jsonl(out / "toy_specs.jsonl", inputs["toy_specs"])  # what each benchmark question asks
     judge = judge_for(ctx, cfg.judge)
     benches = {b: BENCHMARKS[b](cfg, inputs) for b in cfg.benchmarks}
-    settings = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in ("models", "mt_bench_pairwise_baseline", "batch_size")}
+    settings = {k: v for k, v in dataclasses.asdict(cfg).items()
+                if k not in ("models", "mt_bench_pairwise_baseline", "batch_size", "anchors", "alpaca_rejudge",
+                             "alpaca_eval_revision")}
+    if cfg.alpaca_eval_revision:  # (only when set: the caches of earlier runs keep their keys)
+        settings["alpaca_eval_revision"] = cfg.alpaca_eval_revision
     judge_id = TOY_JUDGE_VERSION if cfg.judge == "toy" else dataclasses.asdict(ctx.profile.endpoints[cfg.judge])
     cache_root = ctx.root / ctx.profile.name / "eval_cache"
+    vllm_kw = {"gpu_memory_utilization": cfg.vllm_gpu_memory_utilization} if vllm_available() else {}
     results: dict = {}
-    for name in cfg.models:
+    from ..preflight import parse_anchor
+    anchors = {label: (src, rev) for label, src, rev in map(parse_anchor, cfg.anchors)}
+    clash = sorted(set(anchors) & set(cfg.models))
+    if clash:
+        raise ValueError(f"eval.anchors: label(s) {clash} are also in eval.models; give the anchors other labels")
+    for name in [*cfg.models, *anchors]:
         model_id = f"zephyr-{ctx.profile.name}-{name}".replace("@", "-epoch")  # FastChat picks the template by id
         res: dict = {"model_id": model_id}
-        is_run = name not in TOY_AGENTS and not name.startswith("endpoint:")
+        anchor = anchors.get(name)
+        if anchor:
+            res["anchor"] = {"source": anchor[0], "revision": anchor[1]}
+        is_run = anchor is not None or (name not in TOY_AGENTS and not name.startswith("endpoint:"))
+        weights = None  # the model's folder, for lm-eval (which loads the model itself)
         plan = memory_plan(list(benches), use_vllm=is_run and vllm_available(),
                            gpu_memory_utilization=cfg.vllm_gpu_memory_utilization)
         agent = None
@@ -173,7 +201,8 @@ def build(ctx, out: Path) -> dict:
                 continue
             bench = benches[step]
             folder = out / name / bench.name
-            key = config_hash({"benchmark": bench.name, "settings": settings, "model": model_key(ctx, name),
+            mkey = {"anchor": anchor[0], "revision": anchor[1]} if anchor else model_key(ctx, name)
+            key = config_hash({"benchmark": bench.name, "settings": settings, "model": mkey,
                                "model_id": model_id, "judge": judge_id if bench.judged else None})
             cached = cache_root / bench.name / key
             if (cached / "metrics.json").exists():
@@ -182,11 +211,20 @@ def build(ctx, out: Path) -> dict:
                 continue
             if bench.needs_weights and not is_run:
                 continue  # programs and API models have no log-likelihoods
-            if agent is None:
-                agent = make_agent(ctx, name, batch_size=cfg.batch_size, seed=cfg.seed, device=cfg.device,
-                                   gpu_memory_utilization=cfg.vllm_gpu_memory_utilization)
+            if weights is None:
+                weights = anchor_path(*anchor) if anchor else None
             folder.mkdir(parents=True, exist_ok=True)
-            res[bench.name] = bench.run(agent, model_id, judge, folder)
+            if bench.needs_weights:  # lm-eval loads the weights itself: no generation model is built for it
+                from types import SimpleNamespace
+                path = weights if anchor else ctx.resolve(name)
+                res[bench.name] = bench.run(SimpleNamespace(path=path, name=name), model_id, judge, folder)
+            else:
+                if agent is None:
+                    agent = (generation_agent(weights, name=name, batch_size=cfg.batch_size, seed=cfg.seed,
+                                              device=cfg.device, **vllm_kw) if anchor else
+                             make_agent(ctx, name, batch_size=cfg.batch_size, seed=cfg.seed, device=cfg.device,
+                                        gpu_memory_utilization=cfg.vllm_gpu_memory_utilization))
+                res[bench.name] = bench.run(agent, model_id, judge, folder)
             if bench.failures(res[bench.name]):
                 continue  # never cached: the rerun asks the judge again for what failed
             tmp = cached.with_name(f".tmp-{key}-{os.getpid()}")
@@ -199,13 +237,44 @@ def build(ctx, out: Path) -> dict:
     for bench in benches.values():
         for model, extra in bench.after_all(list(results), judge, out).items():
             results[model].update(extra)
+    drift = None
+    if "alpaca_archived" in inputs:
+        drift = rejudge_archived(inputs, judge, out / "alpaca_rejudge", cfg)
     from ..judges import require_success
     # over budget: the run stays partial; the judge cache keeps every answer, so a rerun asks only for the rest
     failures = require_success(judge.stats, cfg.judge_failure_budget, where=f"eval run {ctx.run.name!r}")
     metrics = {"models": results, "judge": getattr(judge.backend, "name", cfg.judge),
                "judge_stats": judge.stats.as_dict(), "judge_failures": failures}
+    if "alpaca_baseline" in inputs:  # which reference outputs the win rates are against (check_baseline)
+        metrics["alpaca_baseline"] = inputs["alpaca_baseline"]
+    if drift is not None:
+        metrics["alpaca_rejudge"] = drift
     write_json(out / "metrics.json", metrics)
     return metrics
+
+
+def rejudge_archived(inputs: dict, judge, folder: Path, cfg) -> dict:
+    """AlpacaEval's judge step over archived outputs of the paper's model (``eval.alpaca_rejudge``)
+    against this eval set's baseline, with today's judge: the win rate beside the paper's (90.60
+    for Zephyr-7B-β under GPT-4-0613) is the judge drift, measured. Every reply is cached by the
+    judge (a rerun asks only for what is missing); a failed call is counted, never scored."""
+    from .. import results as R
+    from ..evals import alpaca_eval as ae
+
+    by_instr = {r["instruction"]: r for r in inputs["alpaca_archived"]}
+    rows_in = inputs["alpaca"]
+    outputs = [by_instr[r["instruction"]]["output"] for r in rows_in]
+    generator = by_instr[rows_in[0]["instruction"]]["generator"]
+    rows, m = ae.judge_outputs(rows_in, outputs, f"{generator} (archived)", judge,
+                               desc=f"AlpacaEval re-judging ({generator}, archived outputs)")
+    ae.write_annotations(folder / "annotations.json", rows)
+    write_jsonl(folder / "predictions.jsonl", rows)
+    paper = R.PAPER_MODELS["Zephyr-7B-β (dDPO)"]
+    m.update({"generator": generator, "source": cfg.alpaca_rejudge, "paper_win_rate": paper[1],
+              "paper_standard_error": paper[2], "paper_judge": "gpt-4-0613 (alpaca_eval_gpt4, 2023)",
+              "drift": None if m["win_rate"] is None else m["win_rate"] - paper[1]})
+    write_json(folder / "metrics.json", m)
+    return m
 
 
 STAGE = Stage("eval", EvalConfig, notebook="05_eval", artifact="metrics.json", build=build,

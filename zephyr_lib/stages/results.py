@@ -62,9 +62,11 @@ class ResultsConfig(StageConfig):
     behaviour: list[str] = opt([], "Toy world only: models whose MT-Bench answers get the informative and format-habit rates, by category.", hash_omit_default=True)
     n_bootstrap: int = opt(2000, "Paired-bootstrap resamples for differences between models.", ge=100)
     seed: int = opt(0, "Bootstrap seed.")
+    like_for_like: list[str] = opt([], "'run=anchor': this reproduction's run beside the paper's published model (an eval.anchors label) under today's judge; the table has, per benchmark, the paper (GPT-4-0613, 2023), the paper's model today and this run today, and the verdict compares the last two.", hash_omit_default=True)
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        _pairs(self.like_for_like, "=", "like_for_like")
         _pairs(self.analogues, "=", "analogues")
         _pairs(self.claims, ":", "claims")
         _pairs(self.ablation, "=", "ablation")
@@ -248,6 +250,28 @@ def build(ctx, out: Path) -> dict:
             pick = lambda m: {k: float(v[flag]) for k, v in flags[m].items() if v[where]}  # noqa: E731
             d = R.paired_diff(pick(p["a"]), pick(p["b"]), cfg.n_bootstrap, cfg.seed, 100.0)
             predictions.append({**p, **d, "verdict": prediction_verdict(p, d)})
+    # like with like: the paper's number (its 2023 judge), the paper's model and this run under today's judge
+    analogue_of = dict(_pairs(cfg.analogues, "=", "analogues"))
+    like_for_like, drift = [], ev.metrics().get("alpaca_rejudge")
+    for run, anchor in _pairs(cfg.like_for_like, "=", "like_for_like"):
+        if run not in em or anchor not in em:
+            continue
+        paper = R.PAPER_MODELS.get(analogue_of.get(run, ""), (None, None, None))
+        for bench, label, i, scale in (("mt_bench", "MT-Bench", 0, 1.0), ("alpaca_eval", "AlpacaEval %", 1, 100.0)):
+            if not (have(run, bench) and have(anchor, bench)):
+                continue
+            key = "overall" if bench == "mt_bench" else "win_rate"
+            d = diff(run, anchor, bench)
+            entry = {"benchmark": label, "run": run, "anchor": anchor, "paper_model": analogue_of.get(run, ""),
+                     "paper_2023_judge": paper[i], "anchor_today": em[anchor][bench][key], "run_today": em[run][bench][key],
+                     "diff": d["diff"], "lo": d["lo"], "hi": d["hi"], "n": d["n"],
+                     "judge_drift": None if paper[i] is None else em[anchor][bench][key] - paper[i]}
+            if bench == "alpaca_eval" and drift and drift.get("win_rate") is not None and anchor == "zephyr-7b-beta":
+                entry["archived_outputs_today"] = drift["win_rate"]
+            entry["verdict"] = R.verdict(f"{run} vs the paper's {anchor}, same judge ({label})", d,
+                                         " pts" if bench == "alpaca_eval" else "")
+            verdicts.append(entry["verdict"])
+            like_for_like.append(entry)
     weakest = {}
     if have(cfg.dpo, "mt_bench"):
         cats = em[cfg.dpo]["mt_bench"]["categories"]
@@ -255,7 +279,8 @@ def build(ctx, out: Path) -> dict:
     metrics = {"table1": table1, "table3": table3, "epochs": epochs, "alpha_beta": alpha_beta, "sweep": sweep,
                "verdicts": verdicts, "dpo_log": dpo_log, "dpo_final": dpo_final, "regressions": regressions,
                "weakest_categories": weakest, "academic": academic, "behaviour": behaviour,
-               "predictions": predictions, "leaderboard_chance": chance,
+               "predictions": predictions, "like_for_like": like_for_like, "alpaca_judge_drift": drift,
+               "leaderboard_chance": chance,
                "categories": {m: em[m]["mt_bench"]["categories"] for m in cfg.table1 if have(m, "mt_bench")}}
     write_json(out / "metrics.json", metrics)
     return metrics
