@@ -59,7 +59,7 @@ def test_training_job_on_a_fresh_clone(fresh_clone):
     calls = log.read_text().splitlines()
     assert calls[0] == f"PYTHON={py} PROFILE=paper STAGES=dpo"  # the active environment's interpreter
     assert calls[1].startswith("srun --ntasks-per-node=1 --cpus-per-task=64 --kill-on-bad-exit=1 bash -c")
-    assert '  exec "$PYTHON" -m zephyr_lib.launch node --profile "$PROFILE"' in log.read_text()
+    assert '  exec "$PYTHON" -m zephyr_lib.launch_cli node --profile "$PROFILE"' in log.read_text()
     # offline compute nodes need no token once `zephyr fetch` filled the cache
     log.unlink()
     r = subprocess.run(["bash", "tools/slurm_example.sh"], cwd=clone, env={**env, "HF_HUB_OFFLINE": "1"},
