@@ -202,6 +202,10 @@ def build(ctx, out: Path) -> dict:
             entry = {"run": name, "beta": dcfg.beta, "learning_rate": dcfg.learning_rate, "seed": dcfg.seed,
                      "epochs": dcfg.num_train_epochs, "test_reward_accuracy": dm.get("eval_rewards/accuracies"),
                      "test_loss": dm.get("eval_loss"), "start": dcfg.init, **row(name)}
+            for who in ("init", "model"):  # the held-out probe (stage dpo): greedy answers before and after
+                probe = dm.get(who) or {}
+                entry[f"held_out_informative_{who}"] = probe.get("informative_rate")
+                entry[f"held_out_habit_{who}"] = probe.get("habit_compliance_rate")
             d = diff(name, dcfg.init, "mt_bench")
             if d is not None:
                 entry.update({"mt_diff": d["diff"], "mt_diff_lo": d["lo"], "mt_diff_hi": d["hi"]})
