@@ -8,7 +8,9 @@ texts. This module separates three concerns:
   :class:`OpenAIChatBackend` talks to a real ``{base_url}/chat/completions`` endpoint with
   retries, backoff, bounded concurrency and token/cost accounting.
 * :class:`Judge` -- wraps a backend with an on-disk cache (one JSON file per request, written
-  atomically) and a batch API, :meth:`Judge.complete_many`, that keeps results in input order,
+  atomically as each reply arrives, so a kill, a revoked key or Ctrl-C mid-batch loses at most the
+  requests in flight) and a batch API, :meth:`Judge.complete_many`, that sends large batches in
+  bounded chunks (``chunk_size``) with a progress bar, keeps results in input order,
   re-asks when a reply cannot be parsed, records every failure instead of silently scoring it,
   sends identical requests of a batch once, and counts what happened in ``judge.stats``.
   Rerunning the same inputs makes no backend call for what succeeded, and asks again for what
@@ -97,6 +99,10 @@ class TransportError(JudgeError):
 
 class FatalBackendError(TransportError):
     """The endpoint itself refuses us (401/403/404): every further call would fail the same way."""
+
+
+class _Stopped(JudgeError):
+    """Internal: a request of a batch not sent because the endpoint refused an earlier one."""
 
 
 class AllCallsFailedError(JudgeError):
@@ -301,7 +307,8 @@ class OpenAIChatBackend:
 
     # -- asynchronous batch -------------------------------------------------------------------
 
-    async def _acomplete(self, client, sem: asyncio.Semaphore, messages, temperature, max_tokens) -> Completion:
+    async def _acomplete(self, client, sem: asyncio.Semaphore, messages, temperature, max_tokens,
+                         stop: list | None = None) -> Completion:
         import httpx
 
         body = self._body(messages, temperature, max_tokens)
@@ -309,6 +316,8 @@ class OpenAIChatBackend:
         while True:
             attempts += 1
             async with sem:
+                if stop:  # the endpoint refused us (401/403/404): send nothing more
+                    raise _Stopped("not sent: the endpoint refused an earlier request of the batch")
                 try:
                     resp = await client.post(self.endpoint, json=body, headers=self._headers())
                 except httpx.TimeoutException:
@@ -334,28 +343,27 @@ class OpenAIChatBackend:
         limits = httpx.Limits(max_connections=self.concurrency, max_keepalive_connections=self.concurrency)
         async with httpx.AsyncClient(timeout=httpx.Timeout(self.timeout), limits=limits) as client:
 
+            fatal: list[FatalBackendError] = []
+
             async def one(i, messages):
                 try:
-                    res: Completion | Exception = await self._acomplete(client, sem, messages, temperature, max_tokens)
-                except FatalBackendError:
-                    raise
+                    res: Completion | Exception = await self._acomplete(client, sem, messages, temperature,
+                                                                        max_tokens, stop=fatal)
+                except FatalBackendError as e:
+                    fatal.append(e)  # no new request starts; those already sent are awaited (and paid for)
+                    return e
+                except _Stopped as e:
+                    return e
                 except (TransportError, ValueError, TypeError) as e:
                     res = e
                 if on_done is not None:
                     on_done(i, res)
                 return res
 
-            tasks = [asyncio.ensure_future(one(i, m)) for i, m in enumerate(batch)]
-            if not tasks:
-                return []
-            done, pending = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
-            fatal = next((t.exception() for t in done if t.exception() is not None), None)
-            if fatal is not None:
-                for t in pending:
-                    t.cancel()
-                await asyncio.gather(*pending, return_exceptions=True)
-                raise fatal
-            return [t.result() for t in tasks]
+            results = await asyncio.gather(*(one(i, m) for i, m in enumerate(batch)))
+            if fatal:
+                raise fatal[0]
+            return results
 
     def complete_batch(self, batch: Sequence[list[dict]], *, temperature: float, max_tokens: int,
                        on_done: Callable[[int, Completion | Exception], None] | None = None) -> list:
@@ -503,7 +511,14 @@ class Judge:
     otherwise asks again, up to a limit of attempts recorded in the cache.
     """
 
-    def __init__(self, backend: Backend, cache_dir: str | os.PathLike, *, progress: bool = True):
+    #: requests handed to the backend at once (each reply is cached as it arrives either way)
+    CHUNK_SIZE = 256
+
+    def __init__(self, backend: Backend, cache_dir: str | os.PathLike, *, progress: bool = True,
+                 chunk_size: int | None = None):
+        self.chunk_size = int(chunk_size or self.CHUNK_SIZE)
+        if self.chunk_size < 1:
+            raise ValueError(f"chunk_size must be >= 1, got {chunk_size!r}")
         if not isinstance(getattr(backend, "name", None), str) or not backend.name:
             raise TypeError("a judge backend needs a non-empty string attribute 'name'")
         if not callable(getattr(backend, "complete", None)):
@@ -693,47 +708,49 @@ class Judge:
                         to_call.append(u)
                 if not to_call:
                     break
-                replies: dict[str, Completion | Exception] = {}
+                next_pending: list[str] = []
 
-                def done(j: int, res, to_call=to_call, replies=replies):
-                    u = to_call[j]
+                def handle(u: str, res, next_pending=next_pending) -> None:
+                    """One reply, as it arrives: counted, parsed and (if it is a reply) cached at once,
+                    so a kill, a revoked key or Ctrl-C later in the batch cannot lose it."""
+                    nonlocal fresh_failures
                     self._account(res)
-                    replies[u] = res
-
-                if batch_capable:
-                    self.backend.complete_batch([inputs[rep[u]] for u in to_call], temperature=temperature,
-                                                max_tokens=max_tokens, on_done=done)
-                else:
-                    for j, u in enumerate(to_call):
-                        try:
-                            res = self.backend.complete(inputs[rep[u]], temperature=temperature, max_tokens=max_tokens)
-                            if not isinstance(res, Completion) or not isinstance(res.text, str):
-                                raise TransportError(f"backend {self.backend.name} returned "
-                                                     f"{type(res).__name__}, not a Completion")
-                        except FatalBackendError:
-                            raise
-                        except Exception as e:  # recorded per input, never silently scored
-                            res = e
-                        done(j, res)
-                fresh_calls += len(to_call)
-                next_pending = []
-                for u in to_call:
-                    res = replies[u]
                     fresh[u] += 1
                     if not isinstance(res, Completion):
                         fresh_failures += 1
                         finish(u, JudgeResult(None, None, False, f"{type(res).__name__}: {res}", False, attempt[u] + 1))
-                        continue
+                        return
                     answered.add(u)
                     value, err = parsed_of(res.text)
                     self._cache_put(key(u, attempt[u]), inputs[rep[u]], temperature, max_tokens, attempt[u], res,
                                     parse_error=err, max_attempts=max_attempts)
                     if err is None:
                         finish(u, JudgeResult(res.text, value, True, None, False, attempt[u] + 1))
-                        continue
+                        return
                     last_error[u], last_text[u] = err, res.text
                     attempt[u] += 1
                     next_pending.append(u)
+
+                for start in range(0, len(to_call), self.chunk_size):  # bounded chunks: bounded memory
+                    chunk = to_call[start:start + self.chunk_size]
+                    if batch_capable:
+                        self.backend.complete_batch([inputs[rep[u]] for u in chunk], temperature=temperature,
+                                                    max_tokens=max_tokens,
+                                                    on_done=lambda j, res, chunk=chunk: handle(chunk[j], res))
+                    else:
+                        for u in chunk:
+                            try:
+                                res = self.backend.complete(inputs[rep[u]], temperature=temperature,
+                                                            max_tokens=max_tokens)
+                                if not isinstance(res, Completion) or not isinstance(res.text, str):
+                                    raise TransportError(f"backend {self.backend.name} returned "
+                                                         f"{type(res).__name__}, not a Completion")
+                            except FatalBackendError:
+                                raise
+                            except Exception as e:  # recorded per input, never silently scored
+                                res = e
+                            handle(u, res)
+                    fresh_calls += len(chunk)
                 pending = next_pending
         finally:
             bar.close()
