@@ -489,6 +489,36 @@ def require_success(stats_or_results: "JudgeStats | dict | Sequence[JudgeResult]
     return counts
 
 
+def require_inputs(losses: "dict[str, tuple[int, int]]", budget: float = 0.0, where: str = "judge",
+                   what: "dict[str, str] | None" = None) -> dict:
+    """The failure budget per *input* (a prompt, a question, a game): raise
+    :class:`JudgeFailuresError` if any part lost a larger share of its inputs than ``budget``.
+
+    ``losses``: {part (e.g. a benchmark): (inputs lost, inputs in all)}. An input is lost when any
+    judgment it needs failed: a transport failure or an unusable reply (unparsable: an MT-Bench
+    rating of -1, an AlpacaEval ranking that does not parse, a pairwise game in ``error``). A few
+    failed requests can cost many inputs (one failed aspect drops a whole prompt), so the budget
+    counts inputs, never requests. ``what`` names each part's inputs for the message ("questions").
+    Returns {"budget", "lost", "inputs", "parts": {part: {"inputs", "lost", "rate"}}} for metrics.
+    """
+    if not 0.0 <= float(budget) < 1.0:
+        raise ValueError(f"{where}: the judge failure budget must be in [0, 1), got {budget!r}")
+    parts = {name: {"inputs": int(total), "lost": int(lost), "rate": (lost / total) if total else 0.0}
+             for name, (lost, total) in losses.items()}
+    over = [(name, p) for name, p in parts.items() if p["lost"] and p["rate"] > budget]
+    out = {"budget": float(budget), "lost": sum(p["lost"] for p in parts.values()),
+           "inputs": sum(p["inputs"] for p in parts.values()), "parts": parts}
+    if over:
+        shown = "; ".join(f"{name} lost {p['lost']} of {p['inputs']} {(what or {}).get(name, 'inputs')} "
+                          f"({p['rate']:.1%})" for name, p in over)
+        raise JudgeFailuresError(
+            f"{where}: {shown}, over the failure budget of {float(budget):.1%} of inputs. An input is lost "
+            "when a judgment it needs failed or could not be used (unparsable). The run is not stored as "
+            "complete; the judge cache keeps every usable reply, so a rerun asks only for the lost ones.",
+            failed=out["lost"], total=out["inputs"], budget=float(budget), where=where)
+    return out
+
+
 # How many runs ask again for a request whose replies do not parse: each run makes up to
 # parse_retries + 1 attempts, and the attempts are recorded in the cache across runs.
 RUNS_ASKING_AGAIN = 3
