@@ -142,7 +142,8 @@ def file_records(folder: Path, hashes: bool = True) -> dict[str, dict]:
         if p.is_symlink():
             out[rel] = {"symlink": os.readlink(p)}
         elif p.is_file():
-            out[rel] = {"size": p.stat().st_size, **({"sha256": sha256_file(p)} if hashes else {})}
+            st = p.stat()
+            out[rel] = {"size": st.st_size, "mtime_ns": st.st_mtime_ns, **({"sha256": sha256_file(p)} if hashes else {})}
     return out
 
 
@@ -299,19 +300,27 @@ class RunContext:
     @property
     def complete(self) -> bool:
         """The run's folder exists with its manifest (and is not being forced). The files' sizes
-        are checked against the manifest: a damaged run raises CorruptRunError naming the file."""
+        are checked against the manifest, and a file whose modification time changed since the
+        manifest was written is re-hashed (cheap when nothing changed): a damaged run raises
+        CorruptRunError naming the file, so a silent corruption is never reused."""
         if self.force or not (self.dir / MANIFEST).is_file():
             return False
-        self.check()
+        self.check(hashes="changed")
         return True
 
-    def verify(self, hashes: bool = False) -> list[str]:
+    def verify(self, hashes: "bool | str" = False) -> list[str]:
         """Problems of a complete run's files against its manifest ([] = intact): missing files,
-        other sizes, and with ``hashes`` other sha256 digests. A manifest without a file list
-        (written before the store recorded one) cannot be checked and gives []."""
+        other sizes, and with ``hashes`` other sha256 digests. ``hashes="changed"`` re-hashes only
+        the files whose mtime differs from the manifest's record (manifests without one: files
+        modified after the manifest was written). A manifest without a file list (written before
+        the store recorded one) cannot be checked and gives []."""
         files = self.manifest().get("files")
         if not isinstance(files, dict):
             return []
+        try:
+            written = (self.dir / MANIFEST).stat().st_mtime_ns
+        except OSError:
+            written = 0
         problems = []
         for rel, rec in files.items():
             path = self.dir / rel
@@ -320,16 +329,21 @@ class RunContext:
                     problems.append(f"{rel}: the symbolic link is missing or changed")
                 continue
             try:
-                size = path.stat().st_size
+                st = path.stat()
             except FileNotFoundError:
                 problems.append(f"{rel}: missing")
                 continue
             except OSError as e:
                 problems.append(f"{rel}: unreadable ({e.strerror})")
                 continue
+            size = st.st_size
+            if hashes == "changed":
+                rehash = st.st_mtime_ns != rec["mtime_ns"] if "mtime_ns" in rec else st.st_mtime_ns > written
+            else:
+                rehash = bool(hashes)
             if size != rec["size"]:
                 problems.append(f"{rel}: {size} bytes, the manifest says {rec['size']}")
-            elif hashes and rec.get("sha256") and sha256_file(path) != rec["sha256"]:
+            elif rehash and rec.get("sha256") and sha256_file(path) != rec["sha256"]:
                 problems.append(f"{rel}: its sha256 differs from the manifest (modified or corrupted)")
         return problems
 
@@ -346,7 +360,7 @@ class RunContext:
                 f"Fix: rebuild it with python -m zephyr_lib run --profile {self.profile.name} "
                 f"--stages {self.run.name} --force")
 
-    def check(self, hashes: bool = False) -> None:
+    def check(self, hashes: "bool | str" = False) -> None:
         """Raise CorruptRunError if :meth:`verify` finds a problem."""
         try:
             problems = self.verify(hashes)
@@ -363,7 +377,7 @@ class RunContext:
             raise FileNotFoundError(
                 f"run {self.run.name!r} needs run {name!r} ({ctx.run.stage} @ {ctx.hash}), which has not "
                 f"been run yet: python -m zephyr_lib run --profile {self.profile.name} --stages {name}")
-        ctx.check()
+        ctx.check(hashes="changed")
         return ctx
 
     def resolve(self, ref: str) -> Path:
