@@ -334,3 +334,32 @@ def test_stored_files_that_point_into_the_partial_folder_are_named(tmp_path, pro
         (out / "tasks" / "ok.yaml").write_text("data_files: arc.jsonl\n")
     err = capsys.readouterr().err
     assert "1 stored file(s) name the partial folder" in err and "tasks/arc.yaml" in err and "ok.yaml" not in err
+
+
+TORCH_SHORT_WRITE = "[enforce fail at inline_container.cc:672] . unexpected pos 704 vs 598"
+
+
+def test_a_full_disk_during_an_artifact_write_is_one_line_naming_the_run_folder(tmp_path, prof, monkeypatch):
+    """torch.save on a full disk raises a RuntimeError that names neither the errno nor the file
+    (its message, as seen writing to /dev/full, below); the store turns it into one line naming
+    the run's folder."""
+    from zephyr_lib import store
+    from zephyr_lib.store import StoreError
+
+    ctx = context(prof, "curate", tmp_path)
+    monkeypatch.setattr(store, "free_bytes", lambda path: 0)  # the disk under the store is full
+    with pytest.raises(StoreError) as e:
+        with ctx.build():
+            raise RuntimeError(TORCH_SHORT_WRITE)
+    msg = str(e.value)
+    assert msg.startswith(f"cannot write {ctx.partial_dir}: No space left on device (the disk is full")
+    assert "\n" not in msg and not ctx.complete
+    monkeypatch.setattr(store, "free_bytes", lambda path: 10 << 30)  # space left: torch's own error passes through
+    with pytest.raises(RuntimeError) as own:
+        with ctx.build():
+            raise RuntimeError(TORCH_SHORT_WRITE)
+    assert not isinstance(own.value, StoreError)
+    with pytest.raises(StoreError, match=r"cannot write .*: No space left on device"):  # safetensors' Rust error
+        with ctx.build():
+            raise RuntimeError('Error while serializing: IoError(Os { code: 28, kind: StorageFull, '
+                               'message: "No space left on device" })')

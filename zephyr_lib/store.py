@@ -122,6 +122,40 @@ def os_error_line(e: OSError, action: str = "write") -> str:
     return f"cannot {action} {where}: {reason}{hint}"
 
 
+DISK_FULL_WORDS = ("No space left on device", "StorageFull", "[Errno 28]", "os error 28", "Disk quota exceeded")
+# what torch's zip writer says when a write came up short (it names no errno and no path)
+SHORT_WRITE_WORDS = ("PytorchStreamWriter failed writing", "unexpected pos", "file write failed")
+
+
+def free_bytes(path: Path) -> int | None:
+    """Bytes free for this user on the file system of ``path`` (or its nearest existing parent)."""
+    probe = Path(path)
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    try:
+        st = os.statvfs(probe)
+    except OSError:
+        return None
+    return st.f_bavail * st.f_frsize
+
+
+def disk_full_line(e: BaseException, folder: Path) -> str | None:
+    """The one-line message for an artifact write that ran out of space while building into
+    ``folder``, or None if ``e`` is not that. Libraries say it in many ways: an OSError with
+    ENOSPC (naming its file, or not), a Rust IoError ("StorageFull", safetensors), or torch's
+    "unexpected pos" from a short write, which is taken as a full disk only when the disk is."""
+    if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
+        return os_error_line(OSError(e.errno, e.strerror or "No space left on device", e.filename or str(folder)))
+    text = str(e)
+    full = any(w in text for w in DISK_FULL_WORDS)
+    if not full and any(w in text for w in SHORT_WRITE_WORDS):
+        free = free_bytes(folder)
+        full = free is not None and free < 64 << 20
+    if not full:
+        return None
+    return os_error_line(OSError(errno.ENOSPC, "No space left on device", str(folder)))
+
+
 @contextlib.contextmanager
 def store_op(action: str = "write") -> Iterator[None]:
     """Turn an OSError of the store's own file operations into a one-line StoreError."""
@@ -420,7 +454,16 @@ class RunContext:
                 write_json(self.partial_dir / BUILD_INFO, {"resumable": resumable, "run": self.run.name,
                                                            "stage": self.run.stage})
             start = time.time()
-            yield self.partial_dir
+            try:
+                yield self.partial_dir
+            except Exception as e:  # noqa: BLE001
+                # a library's artifact write that ran out of disk (torch's "unexpected pos", a Rust
+                # "StorageFull") becomes one line naming the run's folder; the stage's own errors,
+                # OSErrors included (the runner reads their errno and path), pass through untouched
+                line = None if isinstance(e, OSError) else disk_full_line(e, self.partial_dir)
+                if line is None:
+                    raise
+                raise StoreError(line) from e
             end = time.time()
             with store_op():
                 (self.partial_dir / BUILD_INFO).unlink(missing_ok=True)

@@ -54,6 +54,9 @@ class AIFConfig(StageConfig):
         super().__post_init__()
         if self.completions_per_prompt > len(self.pool) + len(self.zoo):
             raise ConfigError("aif.completions_per_prompt must be between 2 and the pool size")
+        if self.source == "toy" and self.n_prompts == 0:
+            raise ConfigError("aif.n_prompts must be >= 1 for source 'toy', got 0 (0 means 'every row' only "
+                              "for a real source)")
 
 
 def build(ctx, out: Path) -> dict:

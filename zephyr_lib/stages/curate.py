@@ -39,6 +39,9 @@ class CurateConfig(StageConfig):
         super().__post_init__()
         if self.source == "api" and not (self.teacher and self.teacher_seeds):
             raise ConfigError("curate.source 'api' needs `teacher` (an endpoint name) and `teacher_seeds`")
+        if self.source == "toy" and self.n_dialogues == 0:
+            raise ConfigError("curate.n_dialogues must be >= 1 for source 'toy', got 0 (0 means 'every row' only "
+                              "for real data)")
 
 
 def build(ctx, out: Path) -> dict:
