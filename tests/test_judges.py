@@ -289,6 +289,19 @@ def test_parse_retries_then_ok_false_and_asked_again_on_reruns_up_to_a_limit(ser
     res4 = last.complete_many(inputs, parse=parse, parse_retries=2, max_tokens=64)
     assert server.total == before and last.stats.calls == 0
     assert not res4[0].ok and "limit of 9 across runs" in res4[0].error
+    assert "until the endpoint changes or a run is started with --retry-failed" in res4[0].error
+    # --retry-failed lifts the limit for one run: parse_retries + 1 more attempts, the rest stays free
+    before = server.total
+    retry = Judge(make_backend(server), tmp_path, progress=False, retry_failed=True)
+    res5 = retry.complete_many(inputs, parse=parse, parse_retries=2, max_tokens=64)
+    assert server.total == before + 3 and server.seen["case:garbage #0"] == 12 and res5[0].attempts == 12
+    plain = Judge(make_backend(server), tmp_path, progress=False)
+    assert not plain.complete_many(inputs, parse=parse, parse_retries=2, max_tokens=64)[0].ok
+    assert server.total == before + 3  # without the flag the limit holds again
+    # so does a changed endpoint (here: other request fields), without any flag
+    changed = Judge(make_backend(server, extra_body={"top_p": 0.5}), tmp_path, progress=False)
+    res6 = changed.complete_many(inputs, parse=parse, parse_retries=2, max_tokens=64)
+    assert server.total == before + 6 and res6[0].attempts == 15 and res6[1].ok and res6[2].cached
 
 
 def test_identical_requests_in_one_batch_are_sent_once(server, key_env, tmp_path):

@@ -100,3 +100,45 @@ def test_usable_parsers_refuse_what_fastchat_scores_as_missing():
     assert mt.usable_verdict("[[B]]") == "B"
     with pytest.raises(ValueError, match="verdict"):
         mt.usable_verdict("both fine")
+
+
+def test_retry_failed_reaches_every_stage_and_only_when_asked(monkeypatch, tmp_path):
+    import os
+
+    from zephyr_lib import runner
+    from zephyr_lib.judges import RETRY_FAILED_ENV
+
+    seen = []
+    monkeypatch.setattr(runner, "RUNS_DIR", tmp_path)
+    monkeypatch.setattr(runner, "execute_run", lambda *a, **k: seen.append(os.environ.get(RETRY_FAILED_ENV)) or "cached")
+    monkeypatch.delenv(RETRY_FAILED_ENV, raising=False)
+    assert runner.run_pipeline("smoke", ["curate"], echo=lambda *a, **k: None, retry_failed=True) == 0
+    assert runner.run_pipeline("smoke", ["curate"], echo=lambda *a, **k: None) == 0
+    assert seen == ["1", None]
+    assert Judge(FlakyJudge(), tmp_path / "c", progress=False, retry_failed=None).retry_failed is False
+    monkeypatch.setenv(RETRY_FAILED_ENV, "1")
+    assert Judge(FlakyJudge(), tmp_path / "c", progress=False).retry_failed is True
+
+
+def test_temporary_folders_of_killed_runs_are_cleaned_on_the_next_start(monkeypatch, tmp_path):
+    import json
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    from zephyr_lib import runner
+
+    monkeypatch.setattr(runner.tempfile, "tempdir", str(tmp_path))
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    leaked, live, other, legacy = (tmp_path / n for n in ("zephyr-sft-abc", "zephyr-sft-def", "zephyr-x-1", "zephyr-dpo-old"))
+    for d, pid in ((leaked, dead.pid), (live, os.getpid()), (other, dead.pid)):
+        d.mkdir()
+        (d / runner.TEMP_OWNER).write_text(json.dumps({"pid": pid, "host": socket.gethostname()}))
+    legacy.mkdir()
+    os.utime(legacy, (0, 0))  # an older version's leak: no owner recorded, untouched for long
+    said = []
+    removed = runner.clean_leaked_temp(["sft", "dpo"], echo=said.append)
+    assert sorted(removed) == sorted([leaked, legacy]) and live.is_dir() and other.is_dir()
+    assert said[0].startswith("cleaned up") and "earlier, killed run" in said[0]

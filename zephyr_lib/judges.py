@@ -519,6 +519,8 @@ def require_inputs(losses: "dict[str, tuple[int, int]]", budget: float = 0.0, wh
     return out
 
 
+RETRY_FAILED_ENV = "ZEPHYR_RETRY_FAILED"
+
 # How many runs ask again for a request whose replies do not parse: each run makes up to
 # parse_retries + 1 attempts, and the attempts are recorded in the cache across runs.
 RUNS_ASKING_AGAIN = 3
@@ -545,8 +547,12 @@ class Judge:
     CHUNK_SIZE = 256
 
     def __init__(self, backend: Backend, cache_dir: str | os.PathLike, *, progress: bool = True,
-                 chunk_size: int | None = None):
+                 chunk_size: int | None = None, retry_failed: bool | None = None):
         self.chunk_size = int(chunk_size or self.CHUNK_SIZE)
+        # --retry-failed (the runner sets ZEPHYR_RETRY_FAILED for the stage): unparsable replies
+        # recorded by earlier runs do not count towards the limit of attempts in this run
+        self.retry_failed = (os.environ.get(RETRY_FAILED_ENV, "") not in ("", "0") if retry_failed is None
+                             else bool(retry_failed))
         if self.chunk_size < 1:
             raise ValueError(f"chunk_size must be >= 1, got {chunk_size!r}")
         if not isinstance(getattr(backend, "name", None), str) or not backend.name:
@@ -566,6 +572,16 @@ class Judge:
     @property
     def endpoint(self) -> str:
         return getattr(self.backend, "endpoint", self.backend.name)
+
+    @property
+    def fingerprint(self) -> str:
+        """What identifies the endpoint's behaviour beyond the cache key's backend name (for the
+        OpenAI backend also its extra request fields and key variable): unparsable replies
+        recorded under another fingerprint do not count towards the limit of attempts."""
+        extra = {"extra_body": getattr(self.backend, "extra_body", None),
+                 "api_key_env": getattr(self.backend, "api_key_env", None)}
+        blob = json.dumps([self.backend.name, extra], sort_keys=True, default=str)
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
     # -- cache --------------------------------------------------------------------------------
 
@@ -604,6 +620,7 @@ class Judge:
             entry["parse_error"] = parse_error
             entry["final"] = False
             entry["attempts_allowed"] = max_attempts
+            entry["fingerprint"] = self.fingerprint  # a changed endpoint resets the limit of attempts
         write_json(self._path(key), entry)
 
     # -- accounting ---------------------------------------------------------------------------
@@ -688,6 +705,7 @@ class Judge:
 
         outcome: dict[str, JudgeResult] = {}
         attempt = {u: 0 for u in uniq}      # the attempt index to look at next
+        spared = {u: 0 for u in uniq}       # cached attempts that do not count towards the limit
         fresh = {u: 0 for u in uniq}        # calls made for it in this run
         last_error: dict[str, str] = {}
         last_text: dict[str, str] = {}
@@ -712,7 +730,7 @@ class Judge:
             while pending:
                 to_call: list[str] = []
                 for u in pending:
-                    while attempt[u] < max_attempts:  # replies earlier attempts (or runs) left in the cache
+                    while attempt[u] < max_attempts + spared[u]:  # replies earlier attempts (or runs) left in the cache
                         entry = self._cache_get(key(u, attempt[u]))
                         if entry is None:
                             break
@@ -724,11 +742,14 @@ class Judge:
                             finish(u, JudgeResult(entry["text"], value, True, None, fresh[u] == 0, attempt[u] + 1))
                             break
                         last_error[u], last_text[u] = err, entry["text"]
+                        if self.retry_failed or entry.get("fingerprint", self.fingerprint) != self.fingerprint:
+                            spared[u] += 1  # asked of another endpoint, or --retry-failed: not counted
                         attempt[u] += 1
                     if u in outcome:
                         continue
-                    if attempt[u] >= max_attempts:
-                        give_up(u, f" (the limit of {max_attempts} across runs is reached: the request is not asked again)")
+                    if attempt[u] >= max_attempts + spared[u]:
+                        give_up(u, f" (the limit of {max_attempts} across runs is reached: the request is not asked "
+                                   "again until the endpoint changes or a run is started with --retry-failed)")
                     elif fresh[u] >= per_run:
                         give_up(u, f" (a rerun asks again, up to {max_attempts} attempts in all)")
                     else:
