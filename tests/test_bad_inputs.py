@@ -63,3 +63,28 @@ def test_binary_empty_and_non_mapping_profiles_are_one_line(tmp_path):
     listed.write_text("- sft\n- dpo\n")
     with pytest.raises(ConfigError, match=r"list.yaml: expected a YAML mapping .* got a list"):
         load_profile(str(listed))
+
+
+def test_a_notebook_refuses_a_secret_shaped_papermill_parameter_in_its_first_cell(tmp_path):
+    """papermill -p openai_api_key sk-… injects the key as a global in a cell after the
+    parameters cell; the notebook's next cell (open_stage) refuses it before opening any run."""
+    import subprocess
+    import sys
+
+    from conftest import REPO
+
+    key = "sk-proj-" + "Ab3" * 12
+    out = tmp_path / "out.ipynb"
+    p = subprocess.run([sys.executable, "-m", "papermill", str(REPO / "notebooks" / "02_sft.ipynb"), str(out),
+                        "-p", "profile", "smoke", "-p", "openai_api_key", key, "-k", "python3", "--cwd", str(REPO),
+                        "--no-progress-bar"], capture_output=True, text=True, cwd=REPO, timeout=300)
+    assert p.returncode != 0
+    assert "notebook parameter 'openai_api_key' looks like a secret" in p.stderr and key not in p.stderr
+    assert "delete that file" in p.stderr
+    # the value alone is enough, whatever the name
+    from zephyr_lib.page import refuse_secret_globals
+
+    with pytest.raises(ConfigError, match="notebook parameter 'judge' has a value that looks like an API key"):
+        refuse_secret_globals({"__name__": "__main__", "profile": "toy", "judge": key, "In": [key]})
+    refuse_secret_globals({"__name__": "__main__", "profile": "toy", "run": "sft", "overrides": {},
+                           "max_new_tokens": 5, "In": [key], "_i1": key})  # the kernel's own history is not a parameter
