@@ -289,6 +289,19 @@ def test_parse_retries_then_ok_false_and_asked_again_on_reruns_up_to_a_limit(ser
     res4 = last.complete_many(inputs, parse=parse, parse_retries=2, max_tokens=64)
     assert server.total == before and last.stats.calls == 0
     assert not res4[0].ok and "limit of 9 across runs" in res4[0].error
+    assert "until the endpoint changes or a run is started with --retry-failed" in res4[0].error
+    # --retry-failed lifts the limit for one run: parse_retries + 1 more attempts, the rest stays free
+    before = server.total
+    retry = Judge(make_backend(server), tmp_path, progress=False, retry_failed=True)
+    res5 = retry.complete_many(inputs, parse=parse, parse_retries=2, max_tokens=64)
+    assert server.total == before + 3 and server.seen["case:garbage #0"] == 12 and res5[0].attempts == 12
+    plain = Judge(make_backend(server), tmp_path, progress=False)
+    assert not plain.complete_many(inputs, parse=parse, parse_retries=2, max_tokens=64)[0].ok
+    assert server.total == before + 3  # without the flag the limit holds again
+    # so does a changed endpoint (here: other request fields), without any flag
+    changed = Judge(make_backend(server, extra_body={"top_p": 0.5}), tmp_path, progress=False)
+    res6 = changed.complete_many(inputs, parse=parse, parse_retries=2, max_tokens=64)
+    assert server.total == before + 6 and res6[0].attempts == 15 and res6[1].ok and res6[2].cached
 
 
 def test_identical_requests_in_one_batch_are_sent_once(server, key_env, tmp_path):
@@ -422,3 +435,142 @@ def test_cache_key_covers_every_input():
     others = {cache_key("k", m, 0.0, 10, 0), cache_key("j", msgs("y"), 0.0, 10, 0),
               cache_key("j", m, 0.7, 10, 0), cache_key("j", m, 0.0, 11, 0), cache_key("j", m, 0.0, 10, 1)}
     assert base not in others and len(others) == 5
+
+
+# --------------------------------------------------------------------------------------------
+# Every answered reply is cached as it arrives: a revoked key, a SIGKILL or a Ctrl-C mid-batch
+# loses at most the requests in flight, and a rerun asks only for the rest.
+# --------------------------------------------------------------------------------------------
+
+class CutOffServer(ThreadingHTTPServer):
+    """Answers the first `answer` requests "SCORE: <n>"; after that, per `mode`, every request gets
+    401 (a revoked key) or hangs until `release` is set (a slow batch, killed from outside).
+    With `answer=None` it answers everything."""
+
+    daemon_threads = True
+
+    def __init__(self, answer: int | None, mode: str = "revoke"):
+        super().__init__(("127.0.0.1", 0), CutOffHandler)
+        self.lock = threading.Lock()
+        self.answer, self.mode = answer, mode
+        self.answered: list[str] = []
+        self.requests = 0
+        self.release = threading.Event()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server_address[1]}/v1"
+
+
+class CutOffHandler(Handler):
+    server: CutOffServer
+
+    def do_POST(self):  # noqa: N802
+        srv = self.server
+        body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", "0"))))
+        content = body["messages"][-1]["content"]
+        with srv.lock:
+            srv.requests += 1
+            cut = srv.answer is not None and len(srv.answered) >= srv.answer
+            if not cut:
+                srv.answered.append(content)
+        if not cut:
+            return self._ok(f"SCORE: {len(content)}")
+        if srv.mode == "revoke":
+            return self._send(401, b'{"error": {"message": "key revoked"}}')
+        srv.release.wait(60)  # bounded: the test releases it at the end
+        return self._send(503, b'{"error": "gone"}')
+
+
+def cached_texts(cache) -> set[str]:
+    return {json.loads(f.read_text())["request"]["messages"][-1]["content"] for f in cache.rglob("*.json")}
+
+
+def test_a_key_revoked_mid_batch_keeps_every_answered_reply(key_env, tmp_path):
+    prompts = [msgs(f"prompt #{i}") for i in range(40)]
+    with serving(CutOffServer(answer=13, mode="revoke")) as srv:
+        judge = Judge(make_backend(srv, concurrency=4), tmp_path, progress=False)
+        with pytest.raises(FatalBackendError, match="401"):
+            judge.complete_many(prompts, parse=parse_score, max_tokens=64)
+        assert len(srv.answered) == 13
+        assert cached_texts(tmp_path) == set(srv.answered)  # all 13 paid replies kept, even those in flight
+        assert srv.requests <= 13 + 4  # after the 401 nothing new was sent (at most the ones in flight)
+
+        srv.answer, srv.requests = None, 0  # the key works again
+        again = Judge(make_backend(srv, concurrency=4), tmp_path, progress=False)
+        res = again.complete_many(prompts, parse=parse_score, max_tokens=64)
+        assert all(r.ok for r in res) and srv.requests == 40 - 13  # only the rest is asked
+        assert again.stats.cache_hits == 13
+
+
+def test_a_sync_backend_interrupted_mid_batch_keeps_every_answered_reply(tmp_path):
+    class Interrupted(CountingBackend):
+        def __init__(self, after, exc):
+            super().__init__()
+            self.after, self.exc = after, exc
+
+        def complete(self, messages, *, temperature, max_tokens):
+            if len(self.calls) >= self.after:
+                raise self.exc
+            return super().complete(messages, temperature=temperature, max_tokens=max_tokens)
+
+    prompts = [msgs("x" * (i + 1)) for i in range(12)]
+    for exc, folder in ((KeyboardInterrupt(), "ctrl-c"), (FatalBackendError("HTTP 401 revoked"), "revoked")):
+        backend = Interrupted(5, exc)
+        with pytest.raises(type(exc)):
+            Judge(backend, tmp_path / folder, progress=False).complete_many(prompts, parse=parse_score)
+        assert cached_texts(tmp_path / folder) == set(backend.calls) and len(backend.calls) == 5
+        rerun = CountingBackend()
+        res = Judge(rerun, tmp_path / folder, progress=False).complete_many(prompts, parse=parse_score)
+        assert all(r.ok for r in res) and len(rerun.calls) == 12 - 5
+
+
+_CHILD = """
+import sys
+from zephyr_lib.judges import Judge, OpenAIChatBackend
+url, cache, n = sys.argv[1], sys.argv[2], int(sys.argv[3])
+backend = OpenAIChatBackend(url, "judge-model", api_key_env=%r, timeout=120, max_retries=0, concurrency=4)
+msgs = [[{"role": "user", "content": f"prompt #{i}"}] for i in range(n)]
+Judge(backend, cache, progress=False).complete_many(msgs, max_tokens=64)
+""" % ENV
+
+
+@pytest.mark.parametrize("sig", ["SIGKILL", "SIGINT"])
+def test_a_kill_or_ctrl_c_mid_batch_keeps_every_answered_reply(sig, key_env, tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from conftest import REPO
+
+    cache, n, answer = tmp_path / "cache", 30, 9
+    with serving(CutOffServer(answer=answer, mode="hang")) as srv:
+        env = {**os.environ, "PYTHONPATH": str(REPO)}
+        child = subprocess.Popen([sys.executable, "-c", _CHILD, srv.url, str(cache), str(n)], env=env,
+                                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        try:
+            for _ in range(600):  # until 9 replies are answered and 4 more requests hang in flight
+                if srv.requests >= answer + 4 or child.poll() is not None:
+                    break
+                time.sleep(0.05)
+            assert child.poll() is None and srv.requests == answer + 4
+            for _ in range(200):  # the replies that came back are on disk (bounded wait)
+                if len(list(cache.rglob("*.json"))) >= answer:
+                    break
+                time.sleep(0.05)
+            child.send_signal(getattr(signal, sig))
+            child.wait(timeout=60)
+        finally:
+            if child.poll() is None:
+                child.kill()
+                child.wait()
+            srv.release.set()
+        assert child.returncode != 0
+        assert cached_texts(cache) == set(srv.answered) and len(srv.answered) == answer
+        assert not list(cache.rglob("*.tmp"))  # atomic per entry
+
+        srv.answer, srv.requests = None, 0
+        judge = Judge(make_backend(srv, max_retries=0, timeout=30), cache, progress=False)
+        res = judge.complete_many([[{"role": "user", "content": f"prompt #{i}"}] for i in range(n)], max_tokens=64)
+        assert all(r.ok for r in res) and srv.requests == n - answer  # the rerun asks only for the rest

@@ -17,13 +17,22 @@ RAW = FIX / "ultrafeedback_raw.jsonl"
 BINARIZED = FIX / "ultrafeedback_binarized"
 
 
-def _checkpoint(folder: Path, step: int, state: str | None = '{"global_step": 0}', weights: bool = True) -> Path:
+def _safetensors(path: Path, n: int = 4) -> Path:
+    """A minimal valid safetensors file: one float32 tensor of ``n`` values."""
+    import struct
+
+    header = json.dumps({"w": {"dtype": "F32", "shape": [n], "data_offsets": [0, 4 * n]}}).encode()
+    path.write_bytes(struct.pack("<Q", len(header)) + header + b"\0" * (4 * n))
+    return path
+
+
+def _checkpoint(folder: Path, step: int, state: str | None = "", weights: bool = True) -> Path:
     p = folder / f"checkpoint-{step}"
     p.mkdir(parents=True)
     if state is not None:
-        (p / "trainer_state.json").write_text(state)
+        (p / "trainer_state.json").write_text(state or json.dumps({"global_step": step}))
     if weights:
-        (p / "model.safetensors").write_bytes(b"weights")
+        _safetensors(p / "model.safetensors")
     return p
 
 
@@ -37,6 +46,8 @@ def test_only_complete_checkpoints_are_resumed_and_the_newest_incomplete_is_skip
     assert [m.split(" (")[0] for m in logged] == [f"skipping incomplete checkpoint {tmp_path / f'checkpoint-{n}'}"
                                                     for n in (40, 30, 20)] + [f"resuming from {good}"]
     assert "half-written" in logged[2] and "no weights file" in logged[1]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad-checkpoint-20", "bad-checkpoint-30",
+                                                           "bad-checkpoint-40", "checkpoint-10"]  # set aside
     shutil.rmtree(good)
     assert last_checkpoint(tmp_path, log=logged.append) is None  # nothing usable: training starts over
     assert last_checkpoint(tmp_path / "missing") is None
@@ -46,13 +57,31 @@ def test_sharded_and_adapter_checkpoints_count_as_complete(tmp_path):
     sharded = _checkpoint(tmp_path, 5, weights=False)
     (sharded / "model.safetensors.index.json").write_text(json.dumps(
         {"weight_map": {"a": "model-00001-of-00002.safetensors", "b": "model-00002-of-00002.safetensors"}}))
-    (sharded / "model-00001-of-00002.safetensors").write_bytes(b"1")
+    _safetensors(sharded / "model-00001-of-00002.safetensors")
     assert "missing weight shard" in checkpoint_problem(sharded)
     (sharded / "model-00002-of-00002.safetensors").write_bytes(b"2")
+    assert "model-00002-of-00002.safetensors is truncated" in checkpoint_problem(sharded)
+    _safetensors(sharded / "model-00002-of-00002.safetensors")
     assert checkpoint_problem(sharded) is None
     adapter = _checkpoint(tmp_path, 6, weights=False)
-    (adapter / "adapter_model.safetensors").write_bytes(b"lora")
+    _safetensors(adapter / "adapter_model.safetensors")
     assert checkpoint_problem(adapter) is None
+
+
+def test_weights_that_do_not_load_or_a_step_that_does_not_match_are_refused(tmp_path):
+    ck = _checkpoint(tmp_path, 8)
+    assert checkpoint_problem(ck) is None
+    data = (ck / "model.safetensors").read_bytes()
+    (ck / "model.safetensors").write_bytes(data[:-3])  # cut short: same header, fewer bytes
+    assert checkpoint_problem(ck) == f"model.safetensors is truncated or damaged ({len(data) - 3} bytes; " \
+                                     f"its header describes {len(data)})"
+    (ck / "model.safetensors").write_bytes(data[:5])
+    assert "shorter than its header" in checkpoint_problem(ck)
+    (ck / "model.safetensors").write_bytes(b"x" * 8 + b"{}")
+    assert "model.safetensors" in checkpoint_problem(ck)
+    _safetensors(ck / "model.safetensors")
+    (ck / "trainer_state.json").write_text(json.dumps({"global_step": 4}))
+    assert checkpoint_problem(ck) == "trainer_state.json says global_step 4, the folder is step 8"
 
 
 def test_a_half_written_trainer_state_never_breaks_a_training_rerun(tmp_path, tiny_base, tiny_chat_data):
@@ -69,6 +98,32 @@ def test_a_half_written_trainer_state_never_breaks_a_training_rerun(tmp_path, ti
     newest.write_text(newest.read_text()[: len(newest.read_text()) // 2])
     res = sft.train(cfg, tiny_base, tiny_chat_data, out)  # resumes from the older one, or starts over
     assert res["steps"] >= int(ckpts[-1].name.split("-")[1])
+
+
+def test_a_truncated_checkpoint_weight_file_is_set_aside_and_training_resumes(tmp_path, tiny_base, tiny_chat_data):
+    """A checkpoint whose trainer_state.json is intact but whose model.safetensors was cut short
+    (a kill or a full disk while saving) is set aside with a message naming it, and the rerun
+    resumes from the previous good checkpoint instead of failing on every attempt."""
+    from zephyr_lib import modeling, sft
+    from zephyr_lib.stages.sft import SFTConfig
+
+    cfg = SFTConfig(num_train_epochs=1, per_device_train_batch_size=16, max_length=64, save_steps=2,
+                    eval_steps=1000, logging_steps=2, learning_rate=1e-3, max_train_samples=96)
+    out = tmp_path / "run"
+    first = sft.train(cfg, tiny_base, tiny_chat_data, out)
+    ckpts = sorted((out / "checkpoints").glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
+    assert len(ckpts) == 2
+    older, newest = ckpts
+    weights = newest / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    logged: list[str] = []
+    assert modeling.last_checkpoint(out / "checkpoints", log=logged.append) == str(older)
+    assert logged[0].startswith(f"skipping incomplete checkpoint {newest} (model.safetensors is truncated")
+    assert f"set aside as bad-{newest.name}" in logged[0] and logged[1] == f"resuming from {older}"
+    assert not newest.exists() and (newest.parent / f"bad-{newest.name}").is_dir()
+    res = sft.train(cfg, tiny_base, tiny_chat_data, out)  # resumes from the older one and finishes
+    assert res["steps"] == first["steps"]
+    assert modeling.checkpoint_problem(out / "checkpoints" / newest.name) is None  # saved again, whole
 
 
 def test_a_malformed_raw_ultrafeedback_file_reports_its_own_error(tmp_path):

@@ -125,11 +125,25 @@ def test_the_manifest_lists_every_file_and_a_damaged_run_names_the_file_and_the_
         (out / "metrics.json").write_text('{"n": 1}')
     files = ctx.manifest()["files"]
     assert set(files) == {"beta/data.arrow", "metrics.json"}
-    assert files["beta/data.arrow"] == {"size": 100, "sha256": hashlib.sha256(b"x" * 100).hexdigest()}
+    arrow = ctx.dir / "beta" / "data.arrow"
+    assert files["beta/data.arrow"] == {"size": 100, "sha256": hashlib.sha256(b"x" * 100).hexdigest(),
+                                        "mtime_ns": arrow.stat().st_mtime_ns}
     assert ctx.complete and ctx.verify(hashes=True) == []
 
-    # same size, other bytes: only the hash check (the verify command) sees it
-    (ctx.dir / "beta" / "data.arrow").write_bytes(b"y" * 100)
+    # same size, other bytes: its mtime changed, so reading the run re-hashes it and refuses it
+    arrow.write_bytes(b"y" * 100)
+    with pytest.raises(CorruptRunError, match="beta/data.arrow: its sha256 differs from the manifest"):
+        ctx.complete
+    # ... even when the manifest predates mtime records (files changed after the manifest are re-hashed)
+    manifest = json.loads((ctx.dir / "manifest.json").read_text())
+    for rec in manifest["files"].values():
+        del rec["mtime_ns"]
+    (ctx.dir / "manifest.json").write_text(json.dumps(manifest))
+    os.utime(ctx.dir / "manifest.json", ns=(arrow.stat().st_mtime_ns - 10**9,) * 2)
+    with pytest.raises(CorruptRunError, match="beta/data.arrow: its sha256 differs"):
+        ctx.complete
+    # with its mtime put back, only the full hash check (the verify command) sees it
+    os.utime(ctx.dir / "manifest.json", ns=(arrow.stat().st_mtime_ns + 10**9,) * 2)
     assert ctx.complete
     (row,) = verify_runs(prof, ["curate"], root=tmp_path)
     assert row["state"] == "damaged" and "beta/data.arrow: its sha256 differs" in row["message"]
@@ -167,7 +181,9 @@ def test_verify_command_checks_hashes_and_exits_1_on_damage(tmp_path, prof):
     assert "metrics.json: its sha256 differs" in bad.stderr and "--stages curate --force" in bad.stderr
     status = subprocess.run([sys.executable, "-m", "zephyr_lib", "status", "--profile", "smoke"], env=env,
                             capture_output=True, text=True)
-    assert status.returncode == 0 and "complete" in status.stdout  # sizes still match
+    # the file's mtime changed since the manifest: status (like run) re-hashes it and sees the damage
+    assert status.returncode == 0 and any(line.split()[:1] == ["curate"] and line.endswith("damaged")
+                                          for line in status.stdout.splitlines())
 
 
 # ---------------------------------------------------------------------------- locks
@@ -318,3 +334,32 @@ def test_stored_files_that_point_into_the_partial_folder_are_named(tmp_path, pro
         (out / "tasks" / "ok.yaml").write_text("data_files: arc.jsonl\n")
     err = capsys.readouterr().err
     assert "1 stored file(s) name the partial folder" in err and "tasks/arc.yaml" in err and "ok.yaml" not in err
+
+
+TORCH_SHORT_WRITE = "[enforce fail at inline_container.cc:672] . unexpected pos 704 vs 598"
+
+
+def test_a_full_disk_during_an_artifact_write_is_one_line_naming_the_run_folder(tmp_path, prof, monkeypatch):
+    """torch.save on a full disk raises a RuntimeError that names neither the errno nor the file
+    (its message, as seen writing to /dev/full, below); the store turns it into one line naming
+    the run's folder."""
+    from zephyr_lib import store
+    from zephyr_lib.store import StoreError
+
+    ctx = context(prof, "curate", tmp_path)
+    monkeypatch.setattr(store, "free_bytes", lambda path: 0)  # the disk under the store is full
+    with pytest.raises(StoreError) as e:
+        with ctx.build():
+            raise RuntimeError(TORCH_SHORT_WRITE)
+    msg = str(e.value)
+    assert msg.startswith(f"cannot write {ctx.partial_dir}: No space left on device (the disk is full")
+    assert "\n" not in msg and not ctx.complete
+    monkeypatch.setattr(store, "free_bytes", lambda path: 10 << 30)  # space left: torch's own error passes through
+    with pytest.raises(RuntimeError) as own:
+        with ctx.build():
+            raise RuntimeError(TORCH_SHORT_WRITE)
+    assert not isinstance(own.value, StoreError)
+    with pytest.raises(StoreError, match=r"cannot write .*: No space left on device"):  # safetensors' Rust error
+        with ctx.build():
+            raise RuntimeError('Error while serializing: IoError(Os { code: 28, kind: StorageFull, '
+                               'message: "No space left on device" })')

@@ -35,6 +35,8 @@ def main(argv: list[str] | None = None) -> int:
         q.add_argument("--set", dest="sets", action="append", default=[], metavar="RUN.KEY=VALUE")
     r.add_argument("--stages", default="", help="comma-separated runs or stages (and what they need)")
     r.add_argument("--force", action="store_true", help="rerun even if a complete run exists")
+    r.add_argument("--retry-failed", action="store_true",
+                   help="ask the judge again for requests whose replies never parsed, past the limit of attempts")
     r.add_argument("--timeout", type=float, default=None, help="time limit per stage, seconds")
     r.add_argument("--jobs", type=int, default=None,
                    help="runs executed at once, each with its share of the CPU threads (default 1; for "
@@ -103,7 +105,8 @@ def main(argv: list[str] | None = None) -> int:
             from .runner import StageFailed, run_pipeline
             stages = [x.strip() for x in a.stages.split(",") if x.strip()] or None
             try:
-                return run_pipeline(a.profile, stages, a.sets, a.force, a.timeout, jobs=a.jobs)
+                return run_pipeline(a.profile, stages, a.sets, a.force, a.timeout, jobs=a.jobs,
+                                    retry_failed=a.retry_failed)
             except (StageFailed, StoreError) as e:
                 print(f"error: {e}", file=sys.stderr)
                 return 1

@@ -110,10 +110,14 @@ def check_values(obj: Any) -> None:
     """Enforce every field's declared choices and bounds (see :func:`opt`)."""
     for f in dataclasses.fields(obj):
         m, v = f.metadata, getattr(obj, f.name)
+        if f.name.endswith("seed") and isinstance(v, int) and not isinstance(v, bool) and v < 0:
+            raise ConfigError(f"{f.name} must be >= 0 (random generators refuse negative seeds), got {v!r}")
         if not any(k in m for k in ("choices", "ge", "gt", "le", "lt")) or v is None:
             continue
         values = v if isinstance(v, list) else [v]
         for x in values:
+            if isinstance(x, float) and (x != x or x in (float("inf"), float("-inf"))):
+                raise ConfigError(f"{f.name} must be a finite number, got {x!r}")
             ok = x in m["choices"] if "choices" in m else (
                 ("ge" not in m or x >= m["ge"]) and ("gt" not in m or x > m["gt"])
                 and ("le" not in m or x <= m["le"]) and ("lt" not in m or x < m["lt"]))
@@ -218,9 +222,12 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
         if isinstance(value, bool):
             raise ConfigError(f"{where}: expected a number, got {value!r}")
         try:
-            return float(value)  # YAML reads 5e-7 as the string '5e-7'
+            number = float(value)  # YAML reads 5e-7 as the string '5e-7'
         except (TypeError, ValueError):
             raise ConfigError(f"{where}: expected a number, got {value!r}") from None
+        if number != number or number in (float("inf"), float("-inf")):
+            raise ConfigError(f"{where}: expected a finite number, got {value!r}")
+        return number
     if tp is str:
         if isinstance(value, bool):
             raise ConfigError(f"{where}: expected a string, got the boolean {value!r} "
@@ -397,9 +404,23 @@ def parse_profile(profile: str, registry: Mapping[str, Stage], overrides: list[s
     or a {run: {key: value}} dict). Raises ConfigError naming the file, run/stage and key."""
     path = profile_path(profile)
     try:
-        raw = yaml.safe_load(path.read_text()) or {}
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{path}: not a text (UTF-8) file: byte {e.start} is {e.object[e.start:e.start + 1]!r}; "
+                          "a profile is YAML text") from None
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read the profile: {e.strerror}") from None
+    if "\0" in text:
+        raise ConfigError(f"{path}: not a text file (it holds NUL bytes); a profile is YAML text")
+    try:
+        raw = yaml.safe_load(text)
     except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: not valid YAML: {e}") from None
+        raise ConfigError(f"{path}: not valid YAML: {' '.join(str(e).split())}") from None
+    if raw is None:
+        raise ConfigError(f"{path}: the profile is empty; it needs at least `runs:` (see configs/toy.yaml)")
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a YAML mapping (seed, world, endpoints, stages, runs), "
+                          f"got a {type(raw).__name__}")
     known = {"seed", "world", "endpoints", "stages", "runs", "description"}
     unknown = sorted(set(raw) - known)
     if unknown:
@@ -452,6 +473,13 @@ def parse_profile(profile: str, registry: Mapping[str, Stage], overrides: list[s
             if e not in endpoints:
                 raise ConfigError(f"{where}: endpoint {e!r} is not defined; endpoints of this profile: "
                                   f"{', '.join(endpoints)} (add it under `endpoints:`)")
+        for f in dataclasses.fields(base_cfg):  # 'endpoint:<name>' members (aif.pool, eval.models)
+            v = getattr(base_cfg, f.name)
+            for x in v if isinstance(v, list) else [v]:
+                if isinstance(x, str) and x.startswith("endpoint:") and x.split(":", 1)[1] not in endpoints:
+                    raise ConfigError(f"{where}: {f.name} names {x!r}, but endpoint {x.split(':', 1)[1]!r} is not "
+                                      f"defined; endpoints of this profile: {', '.join(endpoints)} "
+                                      "(add it under `endpoints:`)")
         runs[name] = Run(name, stage, base_cfg, (), registry[stage])
     for name, run in list(runs.items()):
         ups = _refs(run.config)

@@ -8,7 +8,9 @@ texts. This module separates three concerns:
   :class:`OpenAIChatBackend` talks to a real ``{base_url}/chat/completions`` endpoint with
   retries, backoff, bounded concurrency and token/cost accounting.
 * :class:`Judge` -- wraps a backend with an on-disk cache (one JSON file per request, written
-  atomically) and a batch API, :meth:`Judge.complete_many`, that keeps results in input order,
+  atomically as each reply arrives, so a kill, a revoked key or Ctrl-C mid-batch loses at most the
+  requests in flight) and a batch API, :meth:`Judge.complete_many`, that sends large batches in
+  bounded chunks (``chunk_size``) with a progress bar, keeps results in input order,
   re-asks when a reply cannot be parsed, records every failure instead of silently scoring it,
   sends identical requests of a batch once, and counts what happened in ``judge.stats``.
   Rerunning the same inputs makes no backend call for what succeeded, and asks again for what
@@ -97,6 +99,10 @@ class TransportError(JudgeError):
 
 class FatalBackendError(TransportError):
     """The endpoint itself refuses us (401/403/404): every further call would fail the same way."""
+
+
+class _Stopped(JudgeError):
+    """Internal: a request of a batch not sent because the endpoint refused an earlier one."""
 
 
 class AllCallsFailedError(JudgeError):
@@ -301,7 +307,8 @@ class OpenAIChatBackend:
 
     # -- asynchronous batch -------------------------------------------------------------------
 
-    async def _acomplete(self, client, sem: asyncio.Semaphore, messages, temperature, max_tokens) -> Completion:
+    async def _acomplete(self, client, sem: asyncio.Semaphore, messages, temperature, max_tokens,
+                         stop: list | None = None) -> Completion:
         import httpx
 
         body = self._body(messages, temperature, max_tokens)
@@ -309,6 +316,8 @@ class OpenAIChatBackend:
         while True:
             attempts += 1
             async with sem:
+                if stop:  # the endpoint refused us (401/403/404): send nothing more
+                    raise _Stopped("not sent: the endpoint refused an earlier request of the batch")
                 try:
                     resp = await client.post(self.endpoint, json=body, headers=self._headers())
                 except httpx.TimeoutException:
@@ -334,28 +343,27 @@ class OpenAIChatBackend:
         limits = httpx.Limits(max_connections=self.concurrency, max_keepalive_connections=self.concurrency)
         async with httpx.AsyncClient(timeout=httpx.Timeout(self.timeout), limits=limits) as client:
 
+            fatal: list[FatalBackendError] = []
+
             async def one(i, messages):
                 try:
-                    res: Completion | Exception = await self._acomplete(client, sem, messages, temperature, max_tokens)
-                except FatalBackendError:
-                    raise
+                    res: Completion | Exception = await self._acomplete(client, sem, messages, temperature,
+                                                                        max_tokens, stop=fatal)
+                except FatalBackendError as e:
+                    fatal.append(e)  # no new request starts; those already sent are awaited (and paid for)
+                    return e
+                except _Stopped as e:
+                    return e
                 except (TransportError, ValueError, TypeError) as e:
                     res = e
                 if on_done is not None:
                     on_done(i, res)
                 return res
 
-            tasks = [asyncio.ensure_future(one(i, m)) for i, m in enumerate(batch)]
-            if not tasks:
-                return []
-            done, pending = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
-            fatal = next((t.exception() for t in done if t.exception() is not None), None)
-            if fatal is not None:
-                for t in pending:
-                    t.cancel()
-                await asyncio.gather(*pending, return_exceptions=True)
-                raise fatal
-            return [t.result() for t in tasks]
+            results = await asyncio.gather(*(one(i, m) for i, m in enumerate(batch)))
+            if fatal:
+                raise fatal[0]
+            return results
 
     def complete_batch(self, batch: Sequence[list[dict]], *, temperature: float, max_tokens: int,
                        on_done: Callable[[int, Completion | Exception], None] | None = None) -> list:
@@ -481,6 +489,38 @@ def require_success(stats_or_results: "JudgeStats | dict | Sequence[JudgeResult]
     return counts
 
 
+def require_inputs(losses: "dict[str, tuple[int, int]]", budget: float = 0.0, where: str = "judge",
+                   what: "dict[str, str] | None" = None) -> dict:
+    """The failure budget per *input* (a prompt, a question, a game): raise
+    :class:`JudgeFailuresError` if any part lost a larger share of its inputs than ``budget``.
+
+    ``losses``: {part (e.g. a benchmark): (inputs lost, inputs in all)}. An input is lost when any
+    judgment it needs failed: a transport failure or an unusable reply (unparsable: an MT-Bench
+    rating of -1, an AlpacaEval ranking that does not parse, a pairwise game in ``error``). A few
+    failed requests can cost many inputs (one failed aspect drops a whole prompt), so the budget
+    counts inputs, never requests. ``what`` names each part's inputs for the message ("questions").
+    Returns {"budget", "lost", "inputs", "parts": {part: {"inputs", "lost", "rate"}}} for metrics.
+    """
+    if not 0.0 <= float(budget) < 1.0:
+        raise ValueError(f"{where}: the judge failure budget must be in [0, 1), got {budget!r}")
+    parts = {name: {"inputs": int(total), "lost": int(lost), "rate": (lost / total) if total else 0.0}
+             for name, (lost, total) in losses.items()}
+    over = [(name, p) for name, p in parts.items() if p["lost"] and p["rate"] > budget]
+    out = {"budget": float(budget), "lost": sum(p["lost"] for p in parts.values()),
+           "inputs": sum(p["inputs"] for p in parts.values()), "parts": parts}
+    if over:
+        shown = "; ".join(f"{name} lost {p['lost']} of {p['inputs']} {(what or {}).get(name, 'inputs')} "
+                          f"({p['rate']:.1%})" for name, p in over)
+        raise JudgeFailuresError(
+            f"{where}: {shown}, over the failure budget of {float(budget):.1%} of inputs. An input is lost "
+            "when a judgment it needs failed or could not be used (unparsable). The run is not stored as "
+            "complete; the judge cache keeps every usable reply, so a rerun asks only for the lost ones.",
+            failed=out["lost"], total=out["inputs"], budget=float(budget), where=where)
+    return out
+
+
+RETRY_FAILED_ENV = "ZEPHYR_RETRY_FAILED"
+
 # How many runs ask again for a request whose replies do not parse: each run makes up to
 # parse_retries + 1 attempts, and the attempts are recorded in the cache across runs.
 RUNS_ASKING_AGAIN = 3
@@ -503,7 +543,18 @@ class Judge:
     otherwise asks again, up to a limit of attempts recorded in the cache.
     """
 
-    def __init__(self, backend: Backend, cache_dir: str | os.PathLike, *, progress: bool = True):
+    #: requests handed to the backend at once (each reply is cached as it arrives either way)
+    CHUNK_SIZE = 256
+
+    def __init__(self, backend: Backend, cache_dir: str | os.PathLike, *, progress: bool = True,
+                 chunk_size: int | None = None, retry_failed: bool | None = None):
+        self.chunk_size = int(chunk_size or self.CHUNK_SIZE)
+        # --retry-failed (the runner sets ZEPHYR_RETRY_FAILED for the stage): unparsable replies
+        # recorded by earlier runs do not count towards the limit of attempts in this run
+        self.retry_failed = (os.environ.get(RETRY_FAILED_ENV, "") not in ("", "0") if retry_failed is None
+                             else bool(retry_failed))
+        if self.chunk_size < 1:
+            raise ValueError(f"chunk_size must be >= 1, got {chunk_size!r}")
         if not isinstance(getattr(backend, "name", None), str) or not backend.name:
             raise TypeError("a judge backend needs a non-empty string attribute 'name'")
         if not callable(getattr(backend, "complete", None)):
@@ -521,6 +572,16 @@ class Judge:
     @property
     def endpoint(self) -> str:
         return getattr(self.backend, "endpoint", self.backend.name)
+
+    @property
+    def fingerprint(self) -> str:
+        """What identifies the endpoint's behaviour beyond the cache key's backend name (for the
+        OpenAI backend also its extra request fields and key variable): unparsable replies
+        recorded under another fingerprint do not count towards the limit of attempts."""
+        extra = {"extra_body": getattr(self.backend, "extra_body", None),
+                 "api_key_env": getattr(self.backend, "api_key_env", None)}
+        blob = json.dumps([self.backend.name, extra], sort_keys=True, default=str)
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
     # -- cache --------------------------------------------------------------------------------
 
@@ -559,6 +620,7 @@ class Judge:
             entry["parse_error"] = parse_error
             entry["final"] = False
             entry["attempts_allowed"] = max_attempts
+            entry["fingerprint"] = self.fingerprint  # a changed endpoint resets the limit of attempts
         write_json(self._path(key), entry)
 
     # -- accounting ---------------------------------------------------------------------------
@@ -643,6 +705,7 @@ class Judge:
 
         outcome: dict[str, JudgeResult] = {}
         attempt = {u: 0 for u in uniq}      # the attempt index to look at next
+        spared = {u: 0 for u in uniq}       # cached attempts that do not count towards the limit
         fresh = {u: 0 for u in uniq}        # calls made for it in this run
         last_error: dict[str, str] = {}
         last_text: dict[str, str] = {}
@@ -667,7 +730,7 @@ class Judge:
             while pending:
                 to_call: list[str] = []
                 for u in pending:
-                    while attempt[u] < max_attempts:  # replies earlier attempts (or runs) left in the cache
+                    while attempt[u] < max_attempts + spared[u]:  # replies earlier attempts (or runs) left in the cache
                         entry = self._cache_get(key(u, attempt[u]))
                         if entry is None:
                             break
@@ -679,11 +742,14 @@ class Judge:
                             finish(u, JudgeResult(entry["text"], value, True, None, fresh[u] == 0, attempt[u] + 1))
                             break
                         last_error[u], last_text[u] = err, entry["text"]
+                        if self.retry_failed or entry.get("fingerprint", self.fingerprint) != self.fingerprint:
+                            spared[u] += 1  # asked of another endpoint, or --retry-failed: not counted
                         attempt[u] += 1
                     if u in outcome:
                         continue
-                    if attempt[u] >= max_attempts:
-                        give_up(u, f" (the limit of {max_attempts} across runs is reached: the request is not asked again)")
+                    if attempt[u] >= max_attempts + spared[u]:
+                        give_up(u, f" (the limit of {max_attempts} across runs is reached: the request is not asked "
+                                   "again until the endpoint changes or a run is started with --retry-failed)")
                     elif fresh[u] >= per_run:
                         give_up(u, f" (a rerun asks again, up to {max_attempts} attempts in all)")
                     else:
@@ -693,47 +759,49 @@ class Judge:
                         to_call.append(u)
                 if not to_call:
                     break
-                replies: dict[str, Completion | Exception] = {}
+                next_pending: list[str] = []
 
-                def done(j: int, res, to_call=to_call, replies=replies):
-                    u = to_call[j]
+                def handle(u: str, res, next_pending=next_pending) -> None:
+                    """One reply, as it arrives: counted, parsed and (if it is a reply) cached at once,
+                    so a kill, a revoked key or Ctrl-C later in the batch cannot lose it."""
+                    nonlocal fresh_failures
                     self._account(res)
-                    replies[u] = res
-
-                if batch_capable:
-                    self.backend.complete_batch([inputs[rep[u]] for u in to_call], temperature=temperature,
-                                                max_tokens=max_tokens, on_done=done)
-                else:
-                    for j, u in enumerate(to_call):
-                        try:
-                            res = self.backend.complete(inputs[rep[u]], temperature=temperature, max_tokens=max_tokens)
-                            if not isinstance(res, Completion) or not isinstance(res.text, str):
-                                raise TransportError(f"backend {self.backend.name} returned "
-                                                     f"{type(res).__name__}, not a Completion")
-                        except FatalBackendError:
-                            raise
-                        except Exception as e:  # recorded per input, never silently scored
-                            res = e
-                        done(j, res)
-                fresh_calls += len(to_call)
-                next_pending = []
-                for u in to_call:
-                    res = replies[u]
                     fresh[u] += 1
                     if not isinstance(res, Completion):
                         fresh_failures += 1
                         finish(u, JudgeResult(None, None, False, f"{type(res).__name__}: {res}", False, attempt[u] + 1))
-                        continue
+                        return
                     answered.add(u)
                     value, err = parsed_of(res.text)
                     self._cache_put(key(u, attempt[u]), inputs[rep[u]], temperature, max_tokens, attempt[u], res,
                                     parse_error=err, max_attempts=max_attempts)
                     if err is None:
                         finish(u, JudgeResult(res.text, value, True, None, False, attempt[u] + 1))
-                        continue
+                        return
                     last_error[u], last_text[u] = err, res.text
                     attempt[u] += 1
                     next_pending.append(u)
+
+                for start in range(0, len(to_call), self.chunk_size):  # bounded chunks: bounded memory
+                    chunk = to_call[start:start + self.chunk_size]
+                    if batch_capable:
+                        self.backend.complete_batch([inputs[rep[u]] for u in chunk], temperature=temperature,
+                                                    max_tokens=max_tokens,
+                                                    on_done=lambda j, res, chunk=chunk: handle(chunk[j], res))
+                    else:
+                        for u in chunk:
+                            try:
+                                res = self.backend.complete(inputs[rep[u]], temperature=temperature,
+                                                            max_tokens=max_tokens)
+                                if not isinstance(res, Completion) or not isinstance(res.text, str):
+                                    raise TransportError(f"backend {self.backend.name} returned "
+                                                         f"{type(res).__name__}, not a Completion")
+                            except FatalBackendError:
+                                raise
+                            except Exception as e:  # recorded per input, never silently scored
+                                res = e
+                            handle(u, res)
+                    fresh_calls += len(chunk)
                 pending = next_pending
         finally:
             bar.close()

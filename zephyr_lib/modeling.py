@@ -185,10 +185,47 @@ WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin", "adapter_model.safeten
 WEIGHT_INDEXES = ("model.safetensors.index.json", "pytorch_model.bin.index.json")
 
 
+def weights_file_problem(path: Path) -> str | None:
+    """Why a weights file cannot be loaded, checked cheaply (no tensor is read), or None: a
+    ``.safetensors`` file must hold its whole header and exactly the bytes the header describes
+    (a file cut short by a kill or a full disk is caught); a ``.bin`` must be a readable zip."""
+    try:
+        size = path.stat().st_size
+    except OSError as e:
+        return f"{path.name} is unreadable ({e.strerror})"
+    if size == 0:
+        return f"{path.name} is empty"
+    if path.suffix == ".safetensors":
+        import struct
+
+        try:
+            with open(path, "rb") as f:
+                head = f.read(8)
+                n = struct.unpack("<Q", head)[0] if len(head) == 8 else None
+                if n is None or 8 + n > size:
+                    return f"{path.name} is truncated ({size} bytes, shorter than its header)"
+                header = json.loads(f.read(n))
+            ends = [int(v["data_offsets"][1]) for k, v in header.items() if k != "__metadata__"]
+        except (OSError, ValueError, KeyError, TypeError, IndexError, AttributeError) as e:
+            return f"{path.name} has an unreadable header ({type(e).__name__})"
+        expected = 8 + n + max(ends, default=0)
+        if size != expected:
+            return f"{path.name} is truncated or damaged ({size} bytes; its header describes {expected})"
+        return None
+    if path.suffix == ".bin":
+        import zipfile
+
+        if not zipfile.is_zipfile(path):
+            return f"{path.name} is truncated or damaged (not a readable torch archive)"
+    return None
+
+
 def checkpoint_problem(path: Path) -> str | None:
     """Why the checkpoint folder ``path`` cannot be resumed from, or None if it is complete:
-    ``trainer_state.json`` parses as a JSON object and the weights are there (one weights file,
-    or a shard index whose every shard exists; a DeepSpeed ``global_step*`` folder also counts)."""
+    ``trainer_state.json`` parses as a JSON object whose ``global_step`` is the folder's step,
+    and the weights are there and load (one weights file, or a shard index whose every shard
+    exists; each checked by :func:`weights_file_problem`; a DeepSpeed ``global_step*`` folder
+    also counts)."""
     state = path / "trainer_state.json"
     try:
         data = json.loads(state.read_text(encoding="utf-8"))
@@ -198,8 +235,12 @@ def checkpoint_problem(path: Path) -> str | None:
         return f"trainer_state.json is unreadable or half-written ({type(e).__name__})"
     if not isinstance(data, dict) or "global_step" not in data:
         return "trainer_state.json has no global_step"
-    if any((path / f).is_file() and (path / f).stat().st_size > 0 for f in WEIGHT_FILES):
-        return None
+    step = path.name.rsplit("-", 1)[-1]
+    if step.isdigit() and data["global_step"] != int(step):
+        return f"trainer_state.json says global_step {data['global_step']!r}, the folder is step {step}"
+    present = [path / f for f in WEIGHT_FILES if (path / f).is_file()]
+    if present:
+        return next((p for p in map(weights_file_problem, present) if p), None)
     for name in WEIGHT_INDEXES:
         if (path / name).is_file():
             try:
@@ -207,17 +248,37 @@ def checkpoint_problem(path: Path) -> str | None:
             except (OSError, ValueError, KeyError, TypeError, AttributeError):
                 return f"{name} is unreadable"
             missing = sorted(s for s in shards if not (path / s).is_file())
-            return f"missing weight shard(s) {missing[:3]}" if missing else None
+            if missing:
+                return f"missing weight shard(s) {missing[:3]}"
+            return next((p for p in (weights_file_problem(path / s) for s in sorted(shards)) if p), None)
     if any(p.is_dir() for p in path.glob("global_step*")):  # DeepSpeed ZeRO: weights in its own folder
         return None
     return f"no weights file ({' / '.join(WEIGHT_FILES[:2])})"
 
 
+def set_aside(path: Path) -> Path | None:
+    """Rename a checkpoint that cannot be resumed to ``bad-checkpoint-N`` beside it (out of the
+    Trainer's ``checkpoint-*`` rotation, kept for a look). Only the main process renames."""
+    if os.environ.get("RANK", "0") != "0":
+        return None
+    target = path.with_name(f"bad-{path.name}")
+    k = 1
+    while target.exists():
+        k += 1
+        target = path.with_name(f"bad-{path.name}.{k}")
+    try:
+        os.replace(path, target)
+    except OSError:
+        return None
+    return target
+
+
 def last_checkpoint(folder: Path, log=print) -> str | None:
     """The newest checkpoint-N in `folder` that is complete (see :func:`checkpoint_problem`), if any.
 
-    A checkpoint cut short by a kill (the Trainer writes its files one by one, not atomically) is
-    skipped with a message naming it, and the next older complete one is used."""
+    A checkpoint cut short by a kill (the Trainer writes its files one by one, not atomically) or
+    whose weights do not load is set aside (renamed ``bad-checkpoint-N``) with a message naming it,
+    and the next older complete one is used."""
     folder = Path(folder)
     if not folder.is_dir():
         return None
@@ -231,7 +292,9 @@ def last_checkpoint(folder: Path, log=print) -> str | None:
         if problem is None:
             log(f"resuming from {p}")
             return str(p)
-        log(f"skipping incomplete checkpoint {p} ({problem}); resuming from an older one if there is one")
+        moved = set_aside(p)
+        log(f"skipping incomplete checkpoint {p} ({problem}); "
+            + (f"set aside as {moved.name}; " if moved else "") + "resuming from an older one if there is one")
     return None
 
 

@@ -19,8 +19,13 @@ def open_stage(stage: str, profile: str = "toy", run: str | None = None, overrid
     """The one call at the top of a stage notebook: resolve the run (parameters validated like
     ``--set``), build it into the store if it is not there yet, print where it is. Returns the
     run's context; ``ctx.metrics()`` holds what the page shows."""
+    import sys
+
     from .plan import open_run
 
+    caller = sys._getframe(1).f_globals
+    if caller.get("__name__") == "__main__":  # a notebook's kernel: the cell after papermill's injected one
+        refuse_secret_globals(caller)
     ctx = open_run(stage, profile, run, overrides, force)
     if not ctx.complete:
         from .preflight import require_for_run
@@ -28,6 +33,26 @@ def open_stage(stage: str, profile: str = "toy", run: str | None = None, overrid
         with ctx.build(resumable=ctx.run.spec.resumable) as out:
             ctx.run.spec.build(ctx, out)
     return ctx
+
+
+_KERNEL_NAMES = {"In", "Out", "get_ipython", "exit", "quit"}
+
+
+def refuse_secret_globals(namespace: dict) -> None:
+    """Refuse a notebook run whose globals hold a secret-shaped parameter: papermill turns every
+    ``-p name value`` into a global (an extra name lands in a cell it injects after the parameters
+    cell), and it has already written it into the executed notebook. Names that mean a credential
+    and values shaped like a key are refused, naming the parameter, never showing the value."""
+    from .config import ConfigError, refuse_secret_names
+
+    data = {k: v for k, v in namespace.items() if not k.startswith("_") and k not in _KERNEL_NAMES
+            and isinstance(v, (str, int, float, bool, dict, list, tuple, type(None)))}
+    try:
+        refuse_secret_names(data, "notebook parameter")
+    except ConfigError as e:
+        raise ConfigError(f"{e}. Papermill has already written the parameter into the executed notebook: "
+                          "delete that file; pass settings with -p overrides '{...}' and keys only through "
+                          "environment variables") from None
 
 
 def show_run(ctx) -> None:

@@ -116,7 +116,9 @@ def rate_ultrafeedback(judge: Judge, rows: Sequence[dict], *, temperature: float
     and one critique / overall-score request per completion (``feedback.build_overall_messages``,
     with the completion's custom system prompt as the ``Note:``, as UltraFeedback did). Replies
     are parsed with ``feedback.parse_aspect_reply`` / ``parse_overall_reply``; unparsable ones
-    are re-asked ``parse_retries`` times. With ``templates`` (UltraFeedback's originals,
+    are re-asked ``parse_retries`` times. Each group goes to the judge in bounded chunks
+    (``Judge.chunk_size``) with a progress bar, and every reply is cached as it arrives: a kill
+    or a revoked key mid-job loses at most the requests in flight. With ``templates`` (UltraFeedback's originals,
     ``feedback.load_original_templates``) the requests use them and their call settings
     (``feedback.ORIGINAL_CALL_SETTINGS``: 500 tokens for ratings, 1024 for critiques); without, the
     paraphrase that the toy judge reads.

@@ -27,6 +27,7 @@ import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -408,6 +409,7 @@ def execute_run(profile: Profile, run_name: str, overrides: dict, force: bool, t
         log.write_text("")
     with store_op("create a temporary folder in"):
         tmp = Path(tempfile.mkdtemp(prefix=f"zephyr-{run_name}-"))
+        (tmp / TEMP_OWNER).write_text(json.dumps({"pid": os.getpid(), "host": socket.gethostname()}))
     try:
         out = tmp / nb_in.name
         cmd = [sys.executable, "-m", "papermill", str(nb_in), str(out), "-y", yaml.safe_dump(params),
@@ -472,6 +474,38 @@ def execute_run(profile: Profile, run_name: str, overrides: dict, force: bool, t
         shutil.rmtree(tmp, ignore_errors=True)
     failed.unlink(missing_ok=True)  # an earlier failure of this run is history now
     return "done"
+
+
+TEMP_OWNER = ".zephyr-owner.json"  # in each temporary folder of a stage: the runner that made it
+
+
+def clean_leaked_temp(run_names, echo=print, older_than_s: float = 3600.0) -> list[Path]:
+    """Remove ``zephyr-<run>-*`` temporary folders that a killed runner left (SIGKILL skips its
+    cleanup): those whose recorded owner process is gone, and those of older versions (no owner
+    recorded) untouched for ``older_than_s``. A live runner's folder is never touched."""
+    removed = []
+    now = time.time()
+    for run in run_names:
+        for d in Path(tempfile.gettempdir()).glob(f"zephyr-{run}-*"):
+            if not d.is_dir() or d.is_symlink():
+                continue
+            try:
+                owner = json.loads((d / TEMP_OWNER).read_text())
+            except (OSError, ValueError):
+                owner = None
+            if isinstance(owner, dict) and isinstance(owner.get("pid"), int):
+                if owner.get("host") != socket.gethostname() or pid_alive(owner["pid"]):
+                    continue
+            else:
+                try:
+                    if now - d.stat().st_mtime < older_than_s:
+                        continue
+                except OSError:
+                    continue
+            shutil.rmtree(d, ignore_errors=True)
+            removed.append(d)
+            echo(f"cleaned up {d} (the temporary folder of an earlier, killed run of {run!r})")
+    return removed
 
 
 def _raise_interrupt(signum, frame):  # noqa: ARG001
@@ -563,12 +597,15 @@ def _run_parallel(profile: Profile, plan: list, run_overrides, forced: set[str],
 
 
 def run_pipeline(profile_name: str, stages: list[str] | None = None, sets: list[str] | None = None,
-                 force: bool = False, timeout_s: float | None = None, echo=print, jobs: int | None = None) -> int:
+                 force: bool = False, timeout_s: float | None = None, echo=print, jobs: int | None = None,
+                 retry_failed: bool = False) -> int:
     """Validate everything first, then execute the plan in dependency order (``jobs`` runs at once;
     default :func:`default_jobs`).
 
     Returns 0, or 128 + the signal number when SIGINT/SIGTERM stopped it (after stopping the
-    stages' processes and saying what was kept). Raises StageFailed, StoreError, ConfigError."""
+    stages' processes and saying what was kept). Raises StageFailed, StoreError, ConfigError.
+    ``retry_failed``: the stages' judges ask again for requests whose replies never parsed, past
+    their limit of attempts across runs (``--retry-failed``; it enters no run's hash)."""
     if jobs is not None and jobs < 1:
         raise ConfigError(f"--jobs must be at least 1, got {jobs}")
     profile = load_profile(profile_name, sets)  # raises ConfigError before any work
@@ -596,11 +633,17 @@ def run_pipeline(profile_name: str, stages: list[str] | None = None, sets: list[
         raise StageFailed(f"preflight: {len(failed)} check(s) failed, nothing was started: "
                           + " | ".join(f"{c.what}: {c.detail}" for c in failed))
     timeout_s = timeout_s or DEFAULT_TIMEOUT_S.get(profile.name, 48 * 3600)
+    from .judges import RETRY_FAILED_ENV
+    if retry_failed:  # inherited by every stage's papermill process and kernel
+        os.environ[RETRY_FAILED_ENV] = "1"
+    else:
+        os.environ.pop(RETRY_FAILED_ENV, None)
     log_dir = RUNS_DIR / profile.name / "logs"
     completed = {r: context(profile, r).dir for r in profile.runs if (context(profile, r).dir / MANIFEST).is_file()}
     with store_op("clean up in"):
         clean_debris(profile.name, RUNS_DIR, log=lambda m: echo(m, flush=True), completed_runs=completed,
                      resumable_stages={n for n, s in STAGES.items() if s.resumable})
+    clean_leaked_temp(list(profile.runs), echo=lambda m: echo(m, flush=True))
     handlers = {}
     if threading.current_thread() is threading.main_thread():
         for sig in (signal.SIGINT, signal.SIGTERM):

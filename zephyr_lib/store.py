@@ -117,6 +117,40 @@ def os_error_line(e: OSError, action: str = "write") -> str:
     return f"cannot {action} {where}: {reason}{hint}"
 
 
+DISK_FULL_WORDS = ("No space left on device", "StorageFull", "[Errno 28]", "os error 28", "Disk quota exceeded")
+# what torch's zip writer says when a write came up short (it names no errno and no path)
+SHORT_WRITE_WORDS = ("PytorchStreamWriter failed writing", "unexpected pos", "file write failed")
+
+
+def free_bytes(path: Path) -> int | None:
+    """Bytes free for this user on the file system of ``path`` (or its nearest existing parent)."""
+    probe = Path(path)
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    try:
+        st = os.statvfs(probe)
+    except OSError:
+        return None
+    return st.f_bavail * st.f_frsize
+
+
+def disk_full_line(e: BaseException, folder: Path) -> str | None:
+    """The one-line message for an artifact write that ran out of space while building into
+    ``folder``, or None if ``e`` is not that. Libraries say it in many ways: an OSError with
+    ENOSPC (naming its file, or not), a Rust IoError ("StorageFull", safetensors), or torch's
+    "unexpected pos" from a short write, which is taken as a full disk only when the disk is."""
+    if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
+        return os_error_line(OSError(e.errno, e.strerror or "No space left on device", e.filename or str(folder)))
+    text = str(e)
+    full = any(w in text for w in DISK_FULL_WORDS)
+    if not full and any(w in text for w in SHORT_WRITE_WORDS):
+        free = free_bytes(folder)
+        full = free is not None and free < 64 << 20
+    if not full:
+        return None
+    return os_error_line(OSError(errno.ENOSPC, "No space left on device", str(folder)))
+
+
 @contextlib.contextmanager
 def store_op(action: str = "write") -> Iterator[None]:
     """Turn an OSError of the store's own file operations into a one-line StoreError."""
@@ -137,7 +171,8 @@ def file_records(folder: Path, hashes: bool = True) -> dict[str, dict]:
         if p.is_symlink():
             out[rel] = {"symlink": os.readlink(p)}
         elif p.is_file():
-            out[rel] = {"size": p.stat().st_size, **({"sha256": sha256_file(p)} if hashes else {})}
+            st = p.stat()
+            out[rel] = {"size": st.st_size, "mtime_ns": st.st_mtime_ns, **({"sha256": sha256_file(p)} if hashes else {})}
     return out
 
 
@@ -294,19 +329,27 @@ class RunContext:
     @property
     def complete(self) -> bool:
         """The run's folder exists with its manifest (and is not being forced). The files' sizes
-        are checked against the manifest: a damaged run raises CorruptRunError naming the file."""
+        are checked against the manifest, and a file whose modification time changed since the
+        manifest was written is re-hashed (cheap when nothing changed): a damaged run raises
+        CorruptRunError naming the file, so a silent corruption is never reused."""
         if self.force or not (self.dir / MANIFEST).is_file():
             return False
-        self.check()
+        self.check(hashes="changed")
         return True
 
-    def verify(self, hashes: bool = False) -> list[str]:
+    def verify(self, hashes: "bool | str" = False) -> list[str]:
         """Problems of a complete run's files against its manifest ([] = intact): missing files,
-        other sizes, and with ``hashes`` other sha256 digests. A manifest without a file list
-        (written before the store recorded one) cannot be checked and gives []."""
+        other sizes, and with ``hashes`` other sha256 digests. ``hashes="changed"`` re-hashes only
+        the files whose mtime differs from the manifest's record (manifests without one: files
+        modified after the manifest was written). A manifest without a file list (written before
+        the store recorded one) cannot be checked and gives []."""
         files = self.manifest().get("files")
         if not isinstance(files, dict):
             return []
+        try:
+            written = (self.dir / MANIFEST).stat().st_mtime_ns
+        except OSError:
+            written = 0
         problems = []
         for rel, rec in files.items():
             path = self.dir / rel
@@ -315,16 +358,21 @@ class RunContext:
                     problems.append(f"{rel}: the symbolic link is missing or changed")
                 continue
             try:
-                size = path.stat().st_size
+                st = path.stat()
             except FileNotFoundError:
                 problems.append(f"{rel}: missing")
                 continue
             except OSError as e:
                 problems.append(f"{rel}: unreadable ({e.strerror})")
                 continue
+            size = st.st_size
+            if hashes == "changed":
+                rehash = st.st_mtime_ns != rec["mtime_ns"] if "mtime_ns" in rec else st.st_mtime_ns > written
+            else:
+                rehash = bool(hashes)
             if size != rec["size"]:
                 problems.append(f"{rel}: {size} bytes, the manifest says {rec['size']}")
-            elif hashes and rec.get("sha256") and sha256_file(path) != rec["sha256"]:
+            elif rehash and rec.get("sha256") and sha256_file(path) != rec["sha256"]:
                 problems.append(f"{rel}: its sha256 differs from the manifest (modified or corrupted)")
         return problems
 
@@ -341,7 +389,7 @@ class RunContext:
                 f"Fix: rebuild it with python -m zephyr_lib run --profile {self.profile.name} "
                 f"--stages {self.run.name} --force")
 
-    def check(self, hashes: bool = False) -> None:
+    def check(self, hashes: "bool | str" = False) -> None:
         """Raise CorruptRunError if :meth:`verify` finds a problem."""
         try:
             problems = self.verify(hashes)
@@ -358,7 +406,7 @@ class RunContext:
             raise FileNotFoundError(
                 f"run {self.run.name!r} needs run {name!r} ({ctx.run.stage} @ {ctx.hash}), which has not "
                 f"been run yet: python -m zephyr_lib run --profile {self.profile.name} --stages {name}")
-        ctx.check()
+        ctx.check(hashes="changed")
         return ctx
 
     def resolve(self, ref: str) -> Path:
@@ -401,7 +449,16 @@ class RunContext:
                 write_json(self.partial_dir / BUILD_INFO, {"resumable": resumable, "run": self.run.name,
                                                            "stage": self.run.stage})
             start = time.time()
-            yield self.partial_dir
+            try:
+                yield self.partial_dir
+            except Exception as e:  # noqa: BLE001
+                # a library's artifact write that ran out of disk (torch's "unexpected pos", a Rust
+                # "StorageFull") becomes one line naming the run's folder; the stage's own errors,
+                # OSErrors included (the runner reads their errno and path), pass through untouched
+                line = None if isinstance(e, OSError) else disk_full_line(e, self.partial_dir)
+                if line is None:
+                    raise
+                raise StoreError(line) from e
             end = time.time()
             with store_op():
                 (self.partial_dir / BUILD_INFO).unlink(missing_ok=True)

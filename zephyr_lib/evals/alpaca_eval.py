@@ -442,16 +442,19 @@ def judge_outputs(instructions: Sequence[Mapping], outputs: Sequence[str], model
     against the eval set's reference outputs with ``judge`` (a ``judges.Judge``), alpaca_eval_gpt4's
     prompt, swap and call settings. Returns ``(annotation rows, metrics)``.
 
-    Identical outputs get preference 0 without a call; an unparsable reply gives None (dropped, as
-    alpaca_eval does); a failed call gives None with ``judge_error`` set and is counted in
-    ``n_judge_failed`` (its row is left out of the win rate). Failed calls are not cached, so
-    running this again asks only for them. ``metrics`` is :func:`win_rate` plus ``n_judge_failed``
-    and ``n_unparsed`` (``win_rate`` is None when no preference is left)."""
+    Identical outputs get preference 0 without a call. A failed call or an unparsable reply gives
+    None with ``judge_error`` set, counted in ``n_judge_failed`` or ``n_unparsed`` (the row is left
+    out of the win rate, as alpaca_eval drops it). Both are failures of the judge: neither is cached
+    as final, so running this again asks only for them (an unparsable one with the next attempt
+    index). ``metrics`` is :func:`win_rate` plus ``n_judge_failed``, ``n_unparsed`` and
+    ``inputs_total`` / ``inputs_lost`` (instructions without a usable judgment; ``win_rate`` is
+    None when no preference is left)."""
     if len(instructions) != len(outputs):
         raise ValueError(f"{len(instructions)} instructions but {len(outputs)} outputs")
     reqs = [annotator_request(i["instruction"], i["output"], o, seed) for i, o in zip(instructions, outputs)]
     need = [k for k, r in enumerate(reqs) if r["needs_judge"]]
-    replies = judge.complete_many([reqs[k]["messages"] for k in need], temperature=ANNOTATOR_CONFIG["temperature"],
+    replies = judge.complete_many([reqs[k]["messages"] for k in need], parse=parse_ranking,
+                                  temperature=ANNOTATOR_CONFIG["temperature"],
                                   max_tokens=ANNOTATOR_CONFIG["max_tokens"], desc=desc or f"AlpacaEval judge ({model_id})")
     reply_of = dict(zip(need, replies))
     rows, n_failed, n_unparsed = [], 0, 0
@@ -460,12 +463,12 @@ def judge_outputs(instructions: Sequence[Mapping], outputs: Sequence[str], model
         error = None
         if res is None:
             pref = annotate_preference(inst["instruction"], inst["output"], out, None, seed)
-        elif not res.ok or res.text is None:
+        elif not res.ok:  # a failed call (no text) or an unparsable reply: lost, asked again on a rerun
             pref, error = None, res.error or "judge call failed"
-            n_failed += 1
+            n_failed += res.text is None
+            n_unparsed += res.text is not None
         else:
             pref = annotate_preference(inst["instruction"], inst["output"], out, res.text, seed)
-            n_unparsed += pref is None
         row = annotation_record(inst["instruction"], inst["output"], out, pref,
                                 generator_1=inst.get("generator", REFERENCE_GENERATOR), generator_2=model_id,
                                 dataset=inst.get("dataset", ""), raw_completion=res.text if res is not None else None)
@@ -477,7 +480,8 @@ def judge_outputs(instructions: Sequence[Mapping], outputs: Sequence[str], model
         metrics = win_rate(prefs)
     except ValueError:  # every call failed or was unparsable: nothing to score yet
         metrics = {"win_rate": None, "standard_error": None, "n": 0, "n_dropped": len(prefs)}
-    metrics.update({"n_judge_failed": n_failed, "n_unparsed": n_unparsed})
+    metrics.update({"n_judge_failed": n_failed, "n_unparsed": n_unparsed, "inputs_total": len(rows),
+                    "inputs_lost": n_failed + n_unparsed})
     return rows, metrics
 
 

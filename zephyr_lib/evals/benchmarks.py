@@ -44,9 +44,21 @@ class Benchmark:
     def score(self, judgments: Any, model_id: str, out: Path) -> dict:
         raise NotImplementedError
 
+    #: what one input of the benchmark is (the failure budget counts these)
+    input_name: ClassVar[str] = "inputs"
+
+    def losses(self, metrics: dict) -> tuple[int, int]:
+        """(inputs lost, inputs) of one model: an input is lost when a judgment it needs failed or
+        was unusable. Metrics written before inputs were counted fall back to the failed calls."""
+        if "inputs_lost" in metrics:
+            return int(metrics["inputs_lost"]), int(metrics.get("inputs_total", 0))
+        failed = int(metrics.get("n_judge_failed", 0) or 0) + int(metrics.get("n_transport_failures", 0) or 0)
+        return failed, int(metrics.get("n", 0) or 0) + failed
+
     def failures(self, metrics: dict) -> int:
-        """Judge calls that failed for one model (the eval run is then not complete)."""
-        return int(metrics.get("n_judge_failed", 0) or 0) + int(metrics.get("n_transport_failures", 0) or 0)
+        """Inputs one model lost to failed or unusable judgments (the eval run is then not complete,
+        and the model's results are not cached)."""
+        return self.losses(metrics)[0]
 
     def summary(self, metrics: dict) -> dict:
         """The table columns of one model's metrics."""
@@ -67,6 +79,7 @@ class MTBench(Benchmark):
 
     name, title = "mt_bench", "MT-Bench"
     columns = {"overall": ("MT-Bench", 1.0)}
+    input_name = "questions"
 
     def generate(self, agent, model_id, out):
         from . import mt_bench as mt
@@ -89,9 +102,10 @@ class MTBench(Benchmark):
 
         qs = self.inputs["mt_questions"]
         reqs = mt.single_judge_requests(qs, answers, self.inputs["judge_prompts"], self.inputs["mt_references"])
-        replies = judge.complete_many([r["messages"] for r in reqs], temperature=0.0, max_tokens=mt.JUDGE_MAX_TOKENS,
-                                      desc=f"MT-Bench judge ({model_id})")
-        texts = [r.text if r.ok and r.text is not None else "" for r in replies]  # failed call: no rating, dropped
+        # a reply without a rating (FastChat's -1) is unusable: a failure, re-asked, never cached as final
+        replies = judge.complete_many([r["messages"] for r in reqs], parse=mt.usable_rating, temperature=0.0,
+                                      max_tokens=mt.JUDGE_MAX_TOKENS, desc=f"MT-Bench judge ({model_id})")
+        texts = [r.text if r.text is not None else "" for r in replies]  # failed or unusable: -1, dropped
         judgments = mt.judgments_from_replies(reqs, texts, model=model_id, judge_model=getattr(judge.backend, "name", "judge"))
         mt.write_judgments(out / "judgments.jsonl", judgments)
         by_q = {q["question_id"]: q for q in qs}
@@ -100,14 +114,20 @@ class MTBench(Benchmark):
              "question": by_q[j["question_id"]]["turns"][j["turn"] - 1],
              "answer": answers[j["question_id"]]["choices"][0]["turns"][j["turn"] - 1],
              "judgment": j["judgment"], "score": j["score"]} for j in judgments])
-        return {"judgments": judgments, "n_transport_failures": sum(not r.ok for r in replies)}
+        lost = {req["question_id"] for req, r in zip(reqs, replies) if not r.ok}  # a question needs both turns
+        return {"judgments": judgments, "n_transport_failures": sum(not r.ok and r.text is None for r in replies),
+                "n_unusable": sum(not r.ok and r.text is not None for r in replies),
+                "inputs_lost": len(lost), "inputs_total": len(qs)}
 
     def score(self, judged, model_id, out):
         from . import mt_bench as mt
 
-        metrics = mt.scores(judged["judgments"], self.inputs["mt_questions"], model=model_id,
-                            n_boot=self.cfg.n_bootstrap, seed=self.cfg.seed)
-        metrics["n_transport_failures"] = judged["n_transport_failures"]
+        try:
+            metrics = mt.scores(judged["judgments"], self.inputs["mt_questions"], model=model_id,
+                                n_boot=self.cfg.n_bootstrap, seed=self.cfg.seed)
+        except ValueError:  # every judgment failed: nothing to score yet (the run is not complete)
+            metrics = {"model": model_id, "overall": None, "n": 0, "n_failed": len(judged["judgments"])}
+        metrics.update({k: judged[k] for k in ("n_transport_failures", "n_unusable", "inputs_lost", "inputs_total")})
         return metrics
 
     def after_all(self, models, judge, out):
@@ -133,14 +153,20 @@ class MTBench(Benchmark):
                         games.append(mt.build_pair_judge_messages(q, x, y, self.inputs["judge_prompts"], turn,
                                                                   self.inputs["mt_references"]))
                     keys.append((q["question_id"], turn))
-            res = judge.complete_many(games, temperature=0.0, max_tokens=mt.JUDGE_MAX_TOKENS,
+            # a verdict-less reply ("error") is unusable: a failure, re-asked, never cached as final
+            res = judge.complete_many(games, parse=mt.usable_verdict, temperature=0.0, max_tokens=mt.JUDGE_MAX_TOKENS,
                                       desc=f"MT-Bench pairwise ({model})")
-            verdicts = [mt.parse_pair_verdict(r.text) if r.ok and r.text else "error" for r in res]
+            verdicts = [r.parsed if r.ok else "error" for r in res]
             outcomes = [mt.pair_outcome(verdicts[2 * i], verdicts[2 * i + 1]) for i in range(len(keys))]
             write_jsonl(out / model / "mt_bench" / f"pairwise_vs_{baseline}.jsonl",
                         [{"question_id": q, "turn": t, "verdict_ab": verdicts[2 * i], "verdict_ba": verdicts[2 * i + 1],
                           "outcome": o} for i, ((q, t), o) in enumerate(zip(keys, outcomes))])
-            extra[model] = {"mt_bench_pairwise": {"baseline": baseline, **mt.pairwise_summary(outcomes)}}
+            try:
+                summary = mt.pairwise_summary(outcomes)
+            except ValueError:  # every game failed: nothing to summarise yet
+                summary = {"n": 0, "n_error": len(outcomes)}
+            extra[model] = {"mt_bench_pairwise": {"baseline": baseline, **summary, "inputs_total": len(outcomes),
+                                                  "inputs_lost": outcomes.count("error")}}
         return extra
 
     @staticmethod
@@ -157,6 +183,7 @@ class AlpacaEval(Benchmark):
 
     name, title = "alpaca_eval", "AlpacaEval"
     columns = {"win_rate": ("AlpacaEval %", 1.0)}
+    input_name = "instructions"
 
     def generate(self, agent, model_id, out):
         from . import alpaca_eval as ae

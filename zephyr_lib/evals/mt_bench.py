@@ -478,6 +478,23 @@ def parse_single_rating(text: str) -> float:
     return value if math.isfinite(value) else -1.0
 
 
+def usable_rating(text: str) -> float:
+    """:func:`parse_single_rating` as a judge parser: a reply without a rating (-1) raises
+    ValueError, so the judge records it as a failure and asks again instead of caching it as final."""
+    score = parse_single_rating(text)
+    if score == -1:
+        raise ValueError("no [[rating]] in the judgment")
+    return score
+
+
+def usable_verdict(text: str) -> str:
+    """:func:`parse_pair_verdict` as a judge parser: no [[A]]/[[B]]/[[C]] raises ValueError."""
+    verdict = parse_pair_verdict(text)
+    if verdict == "error":
+        raise ValueError("no [[A]], [[B]] or [[C]] verdict in the judgment")
+    return verdict
+
+
 def parse_pair_verdict(text: str) -> str:
     """FastChat's ``[[A]]`` output format: "A" if "[[A]]" occurs anywhere, elif "[[B]]" -> "B",
     elif "[[C]]" -> "tie", else "error" (substring tests in that order, not first occurrence)."""

@@ -46,7 +46,7 @@ class AIFConfig(StageConfig):
     temperature: float = opt(1.0, "Sampling temperature for model pool members (UltraFeedback: 1.0, top_p 1.0).", ge=0)
     batch_size: int = opt(32, "Prompts per generation batch for model pool members.", ge=1)
     judge: str = endpoint("toy", "Endpoint that rates the answers (the paper: GPT-4).")
-    judge_failure_budget: float = opt(0.0, "Share of judge requests allowed to fail (transport or unparsable) before the run counts as incomplete; 0 = any failure stops it (resumable: the cache keeps every answer). A budget above 0 is shown on the page.", ge=0, lt=1, hash_omit_default=True)
+    judge_failure_budget: float = opt(0.0, "Share of prompts allowed to be lost to failed or unusable (unparsable) judgments or pool answers before the run counts as incomplete; 0 = any loss stops it (resumable: the cache keeps every answer). A budget above 0 is shown on the page.", ge=0, lt=1, hash_omit_default=True)
     templates: str = opt("", "Rating prompts: '' = the paraphrase the toy judge reads; a path or URL of UltraFeedback's preference_templates.py = the originals (read as text, never executed), with annotate_critique.py and main.py (the completion principles) taken from beside it.", hash_omit_default=True)
     seed: int = opt(0, "Seed for prompts and pool sampling.")
 
@@ -54,6 +54,9 @@ class AIFConfig(StageConfig):
         super().__post_init__()
         if self.completions_per_prompt > len(self.pool) + len(self.zoo):
             raise ConfigError("aif.completions_per_prompt must be between 2 and the pool size")
+        if self.source == "toy" and self.n_prompts == 0:
+            raise ConfigError("aif.n_prompts must be >= 1 for source 'toy', got 0 (0 means 'every row' only "
+                              "for a real source)")
 
 
 def build(ctx, out: Path) -> dict:
@@ -111,8 +114,11 @@ def _annotate(ctx, prompts: list[dict], out: Path) -> dict:
     # the toy world has no world knowledge to give the truthfulness judge; real rows carry theirs
     raw_rows, rate_stats = P.rate_ultrafeedback(judge, rows, world_knowledge=cfg.source != "toy",
                                                 templates=templates, desc="judge")
-    from ..judges import require_success
-    failures = require_success(judge.stats, cfg.judge_failure_budget, where=f"aif run {ctx.run.name!r}")
+    from ..judges import require_inputs
+    # the budget counts prompts: one failed or unusable judgment (of a prompt's 4 aspects and 4
+    # overall scores) or pool answer loses the whole prompt
+    failures = require_inputs({"prompts": (pool_stats["n_dropped"] + rate_stats["n_dropped"], len(prompts))},
+                              cfg.judge_failure_budget, where=f"aif run {ctx.run.name!r}", what={"prompts": "prompts"})
     extra = {"source": cfg.source, "n_prompts": len(prompts),
              "n_pool_failed_prompts": pool_stats["n_dropped"], "n_judge_failed_prompts": rate_stats["n_dropped"],
              "judge": judge.backend.name, "judge_stats": judge.stats.as_dict(), "judge_failures": failures}

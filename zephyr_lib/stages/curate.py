@@ -24,7 +24,7 @@ class CurateConfig(StageConfig):
     source: str = opt("toy", "'toy' (the teacher stand-in writes the corpus), 'api' (the `teacher` endpoint writes it from teacher_seeds), HuggingFaceH4/ultrachat_200k (the paper's data as published, used as β), or a raw UltraChat .jsonl path or hub id (stingning/ultrachat).")
     revision: str = opt("", "Hub revision of `source` (empty = the default branch).", hash_omit_default=True)
     teacher: str = endpoint("", "source 'api': the endpoint that plays the teacher and the user simulator (the paper: GPT-3.5-turbo).")
-    teacher_failure_budget: float = opt(0.0, "source 'api': share of teacher requests allowed to fail before the run counts as incomplete (failed dialogues are dropped and counted either way).", ge=0, lt=1, hash_omit_default=True)
+    teacher_failure_budget: float = opt(0.0, "source 'api': share of dialogues allowed to be lost to failed or unusable teacher replies before the run counts as incomplete (lost dialogues are dropped and counted either way).", ge=0, lt=1, hash_omit_default=True)
     teacher_seeds: str = opt("", "source 'api': a text file (path or URL) of topics or opening questions, one per line.", hash_omit_default=True)
     n_dialogues: int = opt(3000, "Dialogues the teacher writes (toy) or rows read (real data, 0 = all).", ge=0)
     max_followups: int = opt(1, "Most self-prompted follow-up turns per dialogue (UltraChat's loop).", ge=0)
@@ -39,6 +39,9 @@ class CurateConfig(StageConfig):
         super().__post_init__()
         if self.source == "api" and not (self.teacher and self.teacher_seeds):
             raise ConfigError("curate.source 'api' needs `teacher` (an endpoint name) and `teacher_seeds`")
+        if self.source == "toy" and self.n_dialogues == 0:
+            raise ConfigError("curate.n_dialogues must be >= 1 for source 'toy', got 0 (0 means 'every row' only "
+                              "for real data)")
 
 
 def build(ctx, out: Path) -> dict:
@@ -65,12 +68,15 @@ def build(ctx, out: Path) -> dict:
         from ..agents import judge_for
         from ..io import fetch
         seeds = [x.strip() for x in fetch(cfg.teacher_seeds, ctx.root / "downloads").read_text().splitlines() if x.strip()]
-        from ..judges import require_success
+        from ..judges import require_inputs
         teacher = judge_for(ctx, cfg.teacher)
         dialogues, stats = ultrachat.ultrachat_dialogues(teacher, seeds[: cfg.n_dialogues or None],
                                                          max_turns=1 + cfg.max_followups)
-        stats["teacher_failures"] = require_success(teacher.stats, cfg.teacher_failure_budget,
-                                                    where=f"curate run {ctx.run.name!r} (teacher)")
+        # the budget counts dialogues: a failed call or an unusable (empty) reply drops its whole dialogue
+        stats["teacher_failures"] = require_inputs({"dialogues": (stats["n_dropped"], stats["n_seeds"])},
+                                                   cfg.teacher_failure_budget,
+                                                   where=f"curate run {ctx.run.name!r} (teacher)",
+                                                   what={"dialogues": "dialogues"})
         write_json(out / "teacher_stats.json", {k: v for k, v in stats.items() if k != "kept"})
         raw = ultrachat.raw_ultrachat_rows(dialogues)
     else:

@@ -49,7 +49,7 @@ class EvalConfig(StageConfig):
     batch_size: int = opt(32, "Generation batch size.", ge=1)
     n_bootstrap: int = opt(1000, "Bootstrap resamples for 95% intervals.", ge=100)
     judge: str = endpoint("toy", "Endpoint that judges MT-Bench and AlpacaEval (the paper: GPT-4).")
-    judge_failure_budget: float = opt(0.0, "Share of judge requests allowed to fail (transport or unparsable) before the run counts as incomplete; 0 = any failure stops it (resumable: the cache keeps every answer). A budget above 0 is shown on the page.", ge=0, lt=1, hash_omit_default=True)
+    judge_failure_budget: float = opt(0.0, "Share of each benchmark's inputs (questions, instructions, pairwise games) allowed to be lost to failed or unusable (unparsable) judgments before the run counts as incomplete; 0 = any loss stops it (resumable: the cache keeps every usable answer). A budget above 0 is shown on the page.", ge=0, lt=1, hash_omit_default=True)
     seed: int = opt(0, "Sampling seed.")
     anchors: list[str] = opt([], "The paper's published models, evaluated beside `models` under the same judge so that today's scores compare like with like: 'label=org/model@revision' (a hub snapshot, fetched at that commit) or 'label=/local/path'.", hash_omit_default=True)
     alpaca_rejudge: str = opt("", "Archived AlpacaEval outputs of the paper's model (model_outputs.json: path or URL), re-judged by `judge` against this eval set's baseline: the judge drift from the paper's published win rate, as a number (empty = off).", hash_omit_default=True)
@@ -240,9 +240,9 @@ def build(ctx, out: Path) -> dict:
     drift = None
     if "alpaca_archived" in inputs:
         drift = rejudge_archived(inputs, judge, out / "alpaca_rejudge", cfg)
-    from ..judges import require_success
-    # over budget: the run stays partial; the judge cache keeps every answer, so a rerun asks only for the rest
-    failures = require_success(judge.stats, cfg.judge_failure_budget, where=f"eval run {ctx.run.name!r}")
+    # over the budget the run stays partial; the judge cache keeps every usable reply, so a rerun
+    # asks only for what was lost
+    failures = check_losses(benches, results, cfg.judge_failure_budget, where=f"eval run {ctx.run.name!r}")
     metrics = {"models": results, "judge": getattr(judge.backend, "name", cfg.judge),
                "judge_stats": judge.stats.as_dict(), "judge_failures": failures}
     if "alpaca_baseline" in inputs:  # which reference outputs the win rates are against (check_baseline)
@@ -275,6 +275,24 @@ def rejudge_archived(inputs: dict, judge, folder: Path, cfg) -> dict:
               "drift": None if m["win_rate"] is None else m["win_rate"] - paper[1]})
     write_json(folder / "metrics.json", m)
     return m
+
+
+def check_losses(benches: dict, results: dict, budget: float, where: str) -> dict:
+    """The failure budget per input: questions (MT-Bench), instructions (AlpacaEval) and pairwise
+    games each benchmark lost, over all models, to failed or unusable judgments
+    (:func:`zephyr_lib.judges.require_inputs`; raises JudgeFailuresError over the budget)."""
+    from ..judges import require_inputs
+
+    losses: dict[str, tuple[int, int]] = {}
+    for bench in benches.values():
+        if bench.judged:
+            per_model = [bench.losses(res[bench.name]) for res in results.values() if bench.name in res]
+            losses[bench.name] = (sum(x for x, _ in per_model), sum(n for _, n in per_model))
+    pairwise = [res["mt_bench_pairwise"] for res in results.values() if "mt_bench_pairwise" in res]
+    if pairwise:
+        losses["mt_bench_pairwise"] = (sum(p["inputs_lost"] for p in pairwise), sum(p["inputs_total"] for p in pairwise))
+    return require_inputs(losses, budget, where=where, what={"mt_bench": "questions", "alpaca_eval": "instructions",
+                                                           "mt_bench_pairwise": "games"})
 
 
 STAGE = Stage("eval", EvalConfig, notebook="05_eval", artifact="metrics.json", build=build,
