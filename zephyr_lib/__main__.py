@@ -87,7 +87,6 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"error: {msg}", file=sys.stderr)
             return 1 if problems else 0
         if a.cmd == "check":  # zephyr check: 0 when every check passed, 1 otherwise
-            from .plan import load_profile
             from .preflight import report, run_checks
             prof = load_profile(a.profile, a.sets)
             print(f"# preflight: profile {prof.name} ({prof.path})")
