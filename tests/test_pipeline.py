@@ -135,6 +135,11 @@ def test_the_book_builds_strictly(built_book):
     html = (site / "_build" / "html" / "book" / "stages" / "06_results.html").read_text()
     assert "Verdicts" in html and "Table 3" in html
     assert "smoke" in (site / "_build" / "html" / "book" / "reproducibility.html").read_text()
+    # the Performance page measures this build without `make bench`: stage times and the compute floor
+    perf = (site / "book" / "generated" / "performance.md").read_text()
+    own = perf.split("### Side by side")[0]
+    assert "### Stage times" in own and "| dpo_base | dpo |" in own and "TFLOP" in own, own
+    assert "No benchmark has run" in perf
 
 
 def test_every_page_reads_right_in_a_browser_with_no_network(built_book):

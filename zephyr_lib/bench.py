@@ -750,10 +750,10 @@ def this_build_lines(profile: str, bench_floor: dict | None = None) -> list[str]
             rows.append({"run": run.name, "stage": run.stage, "wall time (s)": man["wall_time_s"],
                          "finished (UTC)": man["end"]})
     if not rows:
-        return ["## This build", "", f"No run of the `{profile}` profile is in the store yet.", ""]
+        return ["### Stage times", "", f"No run of the `{profile}` profile is in the store yet.", ""]
     cpu = context(prof, rows[0]["run"]).manifest().get("machine", {}).get("cpu", "an unrecorded processor")
     total = sum(r["wall time (s)"] for r in rows)
-    lines = ["## This build", "",
+    lines = ["### Stage times", "",
              f"The wall time of each run of the `{profile}` profile, from its manifest ({len(rows)} runs, "
              f"{total / 60:.1f} min in all, on {cpu}):", "",
              markdown(pd.DataFrame(rows), {"wall time (s)": 1}), ""]
@@ -780,14 +780,14 @@ def write_performance_page(bench_json: str | Path, out_dir: str | Path, profile:
     own = this_build_lines(profile, (result or {}).get("floor")) if profile else []
     if result is None:
         text = "\n".join(own + [
-            "## Side by side with the libraries' defaults", "",
+            "### Side by side with the libraries' defaults", "",
             f"No benchmark has run for this build (no `{bench_json.name}` found). Run one with\n\n"
             "```\npython -m zephyr_lib bench --profile toy --repeats 3 --out bench.json\n"
             "```\n\n(or `make bench`), then rebuild the book.\n"])
         (out_dir / GENERATED_PNG).unlink(missing_ok=True)
         return atomic_write_text(out_dir / GENERATED_PAGE, text)
     m = result["machine"]
-    lines = own + ["## Side by side with the libraries' defaults", "",
+    lines = own + ["### Side by side with the libraries' defaults", "",
                    f"Measured on {m['cpu_count']} cores of {m.get('cpu', 'an unrecorded CPU')} ({m['torch_threads']} torch threads); fp32 matmul rate "
                    f"{m['matmul_flops_per_s'] / 1e9:.1f} GFLOP/s (2048² matmul loop, same run). Profile "
                    f"`{result['profile']}`, median of {result['repeats']} repeat(s); torch {m.get('torch', '?')}, "
