@@ -21,7 +21,7 @@ $(STAMP): requirements.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -r requirements.txt 2>&1 | grep -v "is ignored: it is neither a file nor a directory" || true
-	$(PY) -c "import torch, transformers, trl, datasets, papermill, jupyter_book, lm_eval" # fail loudly if the install did
+	$(PY) -c "import torch, transformers, trl, datasets, papermill, jupyter_book, lm_eval, mathjax" # fail loudly if the install did
 	$(PY) -m pip install -q --no-deps -e .
 	$(PY) -m ipykernel install --sys-prefix --name python3 --display-name "Python 3 (zephyr)" >/dev/null
 	touch $(STAMP)

@@ -27,6 +27,7 @@ def site(tmp_path_factory):
     site = tmp_path_factory.mktemp("site")
     for name in ("_config.yml", "_toc.yml"):
         shutil.copy(REPO / name, site / name)
+    shutil.copytree(REPO / "_static", site / "_static")
     shutil.copytree(REPO / "book", site / "book", ignore=shutil.ignore_patterns("stages", "generated"))
     env = {**os.environ, "ZEPHYR_RUNS_DIR": str(site / "runs"), "ZEPHYR_BOOK_STAGES": str(site / "book" / "stages")}
     p = subprocess.run([sys.executable, "-m", "zephyr_lib", "run", "--profile", "smoke"], cwd=REPO, env=env,
@@ -140,7 +141,9 @@ def test_the_plans_compute_floor_counts_every_training_token(site):
     assert runs["dpo"]["train_tokens"] > 0 and runs["dpo"]["flops"] > 0
 
 
-def test_the_book_builds_strictly(site):
+@pytest.fixture(scope="module")
+def built_book(site):
+    """`zephyr book` + the strict Jupyter Book build of the smoke site: (site, the build's exit code and output)."""
     site, env, _ = site
     p = subprocess.run([sys.executable, "-m", "zephyr_lib", "book", "--profile", "smoke"], cwd=REPO, env=env,
                        capture_output=True, text=True)
@@ -148,7 +151,45 @@ def test_the_book_builds_strictly(site):
     jb = Path(sys.executable).parent / "jupyter-book"
     p = subprocess.run([str(jb), "build", str(site), "-W", "-n", "--keep-going"], capture_output=True, text=True,
                        timeout=600)
-    assert p.returncode == 0, p.stdout[-4000:]
+    return site, p.returncode, p.stdout
+
+
+def test_the_book_builds_strictly(built_book):
+    site, code, out = built_book
+    assert code == 0, out[-4000:]
     html = (site / "_build" / "html" / "book" / "stages" / "06_results.html").read_text()
     assert "Verdicts" in html and "Table 3" in html
     assert "smoke" in (site / "_build" / "html" / "book" / "reproducibility.html").read_text()
+    # the Performance page measures this build without `make bench`: stage times and the compute floor
+    perf = (site / "book" / "generated" / "performance.md").read_text()
+    own = perf.split("### Side by side")[0]
+    assert "### Stage times" in own and "| dpo_base | dpo |" in own and "TFLOP" in own, own
+    assert "No benchmark has run" in perf
+
+
+def test_every_page_reads_right_in_a_browser_with_no_network(built_book):
+    """Each page of the built smoke book opened from disk in headless Chromium: math rendered (no
+    raw \\[ or \\( in the text), no request to any host, every image loaded, no table wider than
+    the page's content column (tools/book_in_browser.py)."""
+    site, code, out = built_book
+    assert code == 0, out[-4000:]
+    browser = load_tool("book_in_browser")
+    if not browser.chromium():
+        pytest.skip("chromium not installed (apt-get install chromium; .ci/run installs it)")
+    html = site / "_build" / "html"
+    assert (html / "_static" / "mathjax" / "tex-chtml.js").is_file()
+    pages = browser.book_pages(html)
+    assert {"book/intro.html", "book/stages/04_dpo.html", "book/stages/06_results.html"} <= {
+        str(p.relative_to(html)) for p in pages}
+    report = browser.check_book(html, pages)
+    assert not {page: problems for page, problems in report.items() if problems}
+
+
+def load_tool(name: str):
+    """A script of tools/ as a module."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(name, REPO / "tools" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

@@ -686,6 +686,9 @@ def format_table(result: dict) -> str:
 
 def floor_lines(f: dict) -> list[str]:
     """The Performance page's section on the plan's compute floor (markdown lines)."""
+    import pandas as pd
+
+    from .tables import markdown
     if not f.get("measured"):
         return ["", "### The plan's compute floor", "", f"Not measured: {f.get('reason', 'no store')}."]
     wall = sum(r["wall_s"] or 0 for r in f["runs"])
@@ -697,12 +700,11 @@ def floor_lines(f: dict) -> list[str]:
              f"faster on this machine. The runs took {wall / 60:.1f} min ({f['floor_s'] / wall:.0%} of the rate, "
              f"notebook start-up, probes and checkpoints included). Not counted, so the floor is low: "
              f"{f['not_counted']}.", "",
-             "| run | stage | training tokens | mean length | floor (s) | took (s) | share of the rate |",
-             "|---|---|---|---|---|---|---|"]
-    for r in f["runs"]:
-        took = r.get("wall_s") or 0
-        lines.append(f"| {r['run']} | {r['stage']} | {r['train_tokens']:,.0f} | {r['mean_length']:.0f} | "
-                     f"{r['floor_s']:.0f} | {took:.0f} | {(r['floor_s'] / took if took else 0):.0%} |")
+             markdown(pd.DataFrame([{
+                 "run": r["run"], "stage": r["stage"], "training tokens": r["train_tokens"],
+                 "mean length": r["mean_length"], "floor (s)": r["floor_s"], "took (s)": r.get("wall_s") or 0,
+                 "share of the rate": f"{(r['floor_s'] / r['wall_s'] if r.get('wall_s') else 0):.0%}"}
+                 for r in f["runs"]]), {"training tokens": 0, "mean length": 0, "took (s)": 0})]
     return lines
 
 
@@ -731,24 +733,68 @@ def ratio_chart_png(result: dict) -> bytes:
     return buf.getvalue()
 
 
-def write_performance_page(bench_json: str | Path, out_dir: str | Path) -> Path:
+def this_build_lines(profile: str, bench_floor: dict | None = None) -> list[str]:
+    """The Performance page's measurements of the build itself, with or without `make bench`:
+    each run's wall time from its manifest, and the plan's compute floor (from ``bench_floor`` when
+    a bench measured it, else counted from the store at the fp32 matmul rate measured now)."""
+    import pandas as pd
+
+    from .config import load_profile
+    from .store import context
+    from .tables import markdown
+
+    prof = load_profile(profile)
+    rows = []
+    for run in prof.order():
+        ctx = context(prof, run.name)
+        if ctx.complete:
+            man = ctx.manifest()
+            rows.append({"run": run.name, "stage": run.stage, "wall time (s)": man["wall_time_s"],
+                         "finished (UTC)": man["end"]})
+    if not rows:
+        return ["### Stage times", "", f"No run of the `{profile}` profile is in the store yet.", ""]
+    cpu = context(prof, rows[0]["run"]).manifest().get("machine", {}).get("cpu", "an unrecorded processor")
+    total = sum(r["wall time (s)"] for r in rows)
+    lines = ["### Stage times", "",
+             f"The wall time of each run of the `{profile}` profile, from its manifest ({len(rows)} runs, "
+             f"{total / 60:.1f} min in all, on {cpu}):", "",
+             markdown(pd.DataFrame(rows), {"wall time (s)": 1}), ""]
+    floor = bench_floor if (bench_floor or {}).get("measured") else None
+    if floor is None:
+        rate = matmul_rate()
+        floor = plan_floor(profile, rate)
+        if floor.get("measured"):
+            floor["rate_note"] = ("the matmul rate was measured when this page was written (`zephyr book`), "
+                                  "not while the runs trained: on a busy machine it reads low")
+    lines += floor_lines(floor)
+    if floor.get("rate_note"):
+        lines += ["", f"({floor['rate_note']}.)"]
+    return lines + [""]
+
+
+def write_performance_page(bench_json: str | Path, out_dir: str | Path, profile: str | None = None) -> Path:
     """Always write ``out_dir/performance.md`` for the book (and the ratio chart PNG when a bench
-    has run). Without ``bench_json`` the page says plainly that no benchmark has run and how to
-    run one. Returns the page's path."""
+    has run). With ``profile``, the page starts with the build's own stage times and compute
+    floor (:func:`this_build_lines`), bench or no bench. Without ``bench_json`` it says plainly that
+    no side-by-side benchmark has run and how to run one. Returns the page's path."""
     out_dir, bench_json = Path(out_dir), Path(bench_json)
-    if not bench_json.is_file():
-        text = (f"No benchmark has run for this build (no `{bench_json.name}` found). Run one with\n\n"
-                "```\npython -m zephyr_lib bench --profile toy --repeats 3 --out bench.json\n"
-                "```\n\n(or `make bench`), then rebuild the book.\n")
+    result = read_json(bench_json) if bench_json.is_file() else None
+    own = this_build_lines(profile, (result or {}).get("floor")) if profile else []
+    if result is None:
+        text = "\n".join(own + [
+            "### Side by side with the libraries' defaults", "",
+            f"No benchmark has run for this build (no `{bench_json.name}` found). Run one with\n\n"
+            "```\npython -m zephyr_lib bench --profile toy --repeats 3 --out bench.json\n"
+            "```\n\n(or `make bench`), then rebuild the book.\n"])
         (out_dir / GENERATED_PNG).unlink(missing_ok=True)
         return atomic_write_text(out_dir / GENERATED_PAGE, text)
-    result = read_json(bench_json)
     m = result["machine"]
-    lines = [f"Measured on {m['cpu_count']} cores of {m.get('cpu', 'an unrecorded CPU')} ({m['torch_threads']} torch threads); fp32 matmul rate "
-             f"{m['matmul_flops_per_s'] / 1e9:.1f} GFLOP/s (2048² matmul loop, same run). Profile "
-             f"`{result['profile']}`, median of {result['repeats']} repeat(s); torch {m.get('torch', '?')}, "
-             f"transformers {m.get('transformers', '?')}, TRL {m.get('trl', '?')}.", "",
-             "| measurement | this project | baseline | ratio |", "|---|---|---|---|"]
+    lines = own + ["### Side by side with the libraries' defaults", "",
+                   f"Measured on {m['cpu_count']} cores of {m.get('cpu', 'an unrecorded CPU')} ({m['torch_threads']} torch threads); fp32 matmul rate "
+                   f"{m['matmul_flops_per_s'] / 1e9:.1f} GFLOP/s (2048² matmul loop, same run). Profile "
+                   f"`{result['profile']}`, median of {result['repeats']} repeat(s); torch {m.get('torch', '?')}, "
+                   f"transformers {m.get('transformers', '?')}, TRL {m.get('trl', '?')}.", "",
+                   "| measurement | this project | baseline | ratio |", "|---|---|---|---|"]
     lines += [f"| {a} | {b} | {c} | {d} |" for a, b, c, d in table_rows(result)]
     r = result.get("rerun", {})
     if not r.get("measured"):
@@ -760,8 +806,9 @@ def write_performance_page(bench_json: str | Path, out_dir: str | Path) -> Path:
                       "(float rounding under padding flips a near-tie argmax); see `bench.json`."]
     atomic_write_bytes(out_dir / GENERATED_PNG, ratio_chart_png(result))
     lines += ["", f"![Speed ratios against their targets]({GENERATED_PNG})"]
-    lines += floor_lines(result.get("floor") or {"reason": "this bench.json predates the floor measurement"}) + [""]
-    return atomic_write_text(out_dir / GENERATED_PAGE, "\n".join(lines))
+    if not profile:
+        lines += floor_lines(result.get("floor") or {"reason": "this bench.json predates the floor measurement"})
+    return atomic_write_text(out_dir / GENERATED_PAGE, "\n".join(lines + [""]))
 
 
 if __name__ == "__main__":  # the measurement processes of run_bench: python -m zephyr_lib.bench <spec.json>

@@ -21,8 +21,10 @@ GENERATED = BOOK_STAGES.parent / "generated"  # book/generated (follows ZEPHYR_B
 
 
 def provenance_markdown(profile) -> str:
-    rows = ["| run | stage | config hash | upstream | wall time | finished (UTC) | git commit |",
-            "|---|---|---|---|---|---|---|"]
+    import pandas as pd
+
+    from .tables import markdown
+    rows: list[dict] = []
     versions: dict = {}
     machine: dict = {}
     total = 0.0
@@ -31,7 +33,8 @@ def provenance_markdown(profile) -> str:
     for run in profile.order():
         ctx = context(profile, run.name)
         if not ctx.complete:
-            rows.append(f"| {run.name} | {run.stage} | `{ctx.hash}` | | not run | | |")
+            rows.append({"run": run.name, "stage": run.stage, "config hash": f"`{ctx.hash}`", "upstream": "",
+                         "wall time": "not run", "finished (UTC)": "", "git commit": ""})
             continue
         man = ctx.manifest()
         versions, machine = man["packages"], man["machine"]
@@ -43,8 +46,9 @@ def provenance_markdown(profile) -> str:
         shared = threads is not None and threads < (man["machine"].get("cpus") or threads)
         spans.append((man["start"], man["end"]))
         note = f" ({threads} of {man['machine']['cpus']} threads)" if shared else ""
-        rows.append(f"| {run.name} | {run.stage} | `{ctx.hash}` | {ups} | {man['wall_time_s']:.0f} s{note} | "
-                    f"{man['end']} | `{commit}` |")
+        rows.append({"run": run.name, "stage": run.stage, "config hash": f"`{ctx.hash}`", "upstream": ups,
+                     "wall time": f"{man['wall_time_s']:.0f} s{note}", "finished (UTC)": man["end"],
+                     "git commit": f"`{commit}`"})
     from .page import relative
     span = ""
     if spans:
@@ -55,15 +59,15 @@ def provenance_markdown(profile) -> str:
                 f"side by side, `zephyr run --jobs`, share the CPU: their wall times overlap; pauses between "
                 f"builds count too).")
     out = [f"Profile **{profile.name}** (`{relative(profile.path)}`), {len(profile.runs)} runs, "
-           f"{total / 60:.1f} min of stage time in all.{span}", "", *rows, ""]
+           f"{total / 60:.1f} min of stage time in all.{span}", "", markdown(pd.DataFrame(rows)), ""]
     if per_stage:
+        cost = pd.DataFrame([{"stage": st, "runs": len(ts), "wall time (s)": sum(ts),
+                              "share": f"{100 * sum(ts) / max(total, 1e-9):.0f}%"} for st, ts in per_stage.items()])
         out += ["What each stage cost in this build (from the runs' manifests: the time of the build itself, "
-                "not of a cached rerun):", "", "| stage | runs | wall time | share |", "|---|---|---|---|",
-                *[f"| {st} | {len(ts)} | {sum(ts):.0f} s | {100 * sum(ts) / max(total, 1e-9):.0f}% |"
-                  for st, ts in per_stage.items()], ""]
+                "not of a cached rerun):", "", markdown(cost, {"wall time (s)": 0}), ""]
     if versions:
         out += ["Package versions recorded by the runs:", "",
-                "| package | version |", "|---|---|", *[f"| {k} | {v} |" for k, v in versions.items()], "",
+                markdown(pd.DataFrame({"package": list(versions), "version": [str(v) for v in versions.values()]})), "",
                 f"Machine: {machine.get('platform', '?')}, {machine.get('cpus', '?')} CPUs"
                 + (f" ({machine['cpu']})" if machine.get("cpu") else "") + ". Stage times differ between "
                 "processors: compare them on the same kind.", ""]
@@ -90,6 +94,6 @@ def prepare(profile_name: str) -> list[str]:
     GENERATED.mkdir(parents=True, exist_ok=True)
     atomic_write_text(GENERATED / "provenance.md", provenance_markdown(profile))
     from .bench import write_performance_page
-    write_performance_page(REPO / "bench.json", GENERATED)  # `make bench` writes bench.json; else the page says so
+    write_performance_page(REPO / "bench.json", GENERATED, profile.name)  # stage times + floor; `make bench` adds ratios
     atomic_write_text(GENERATED / "profile.json", json.dumps({"profile": profile.name}) + "\n")
     return problems

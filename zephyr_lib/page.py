@@ -80,16 +80,16 @@ def glue(key: str, value, display: bool = False) -> None:
     _glue(key, value, display=display)
 
 
-def table(df: pd.DataFrame, key: str | None = None, floatfmt: str = "{:.3g}"):
-    """Show a DataFrame (and glue it under `key`)."""
-    def fmt(v):
-        if isinstance(v, float):
-            return "–" if v != v else floatfmt.format(v)  # NaN: nothing to show (e.g. no paper number)
-        return "–" if v is None else v
-    styled = df.style.format(fmt)
+def table(df: pd.DataFrame, key: str | None = None, decimals=None, index: bool = True):
+    """Show a DataFrame the way every table of the book is shown (:func:`zephyr_lib.tables.html`:
+    integers as integers, fixed decimals per column, spaced and right-aligned numbers, a box that
+    scrolls sideways when wide), and glue the frame itself under `key`."""
+    from IPython.display import HTML
+
+    from .tables import html
     if key:
         glue(key, df, display=False)
-    return styled
+    return HTML(html(df, decimals, index=index))
 
 
 def save_figure(fig, key: str) -> Path:

@@ -6,7 +6,9 @@ reproduced") are computed from the numbers by :func:`verdict`; none is written b
 """
 from __future__ import annotations
 
+import json
 import random
+from pathlib import Path
 
 # ---- the paper's numbers (PAPER.md §3) ------------------------------------------------------
 PAPER_TABLE1 = {  # model: (MT-Bench, AlpacaEval win %, ± se)
@@ -56,3 +58,37 @@ PAPER_MODELS = {
     "GPT-4": (8.99, 95.28, 0.72),
     "text-davinci-003": (None, 50.0, None),  # AlpacaEval's reference: 50 by definition
 }
+
+
+# ---- results of earlier builds (stored data, never typed into a page) -------------------------
+
+#: earlier builds' results, one block per build with its machine and date (the results page shows them)
+HISTORY = Path(__file__).parent / "data" / "results_history.json"
+HISTORY_KEYS = ("id", "title", "machine", "date", "code", "note", "columns", "rows")
+
+
+def load_history(path: str | Path = HISTORY) -> list[dict]:
+    """The blocks of the results history, checked: every block names its machine and date, and
+    every row has one cell per column (a cell is text, a number, or ``{diff, lo, hi}``)."""
+    blocks = json.loads(Path(path).read_text())["blocks"]
+    for i, b in enumerate(blocks):
+        missing = [k for k in HISTORY_KEYS if not b.get(k)]
+        if missing:
+            raise ValueError(f"{path}: history block {b.get('id', i)} lacks {', '.join(missing)}")
+        for row in b["rows"]:
+            if len(row) != len(b["columns"]):
+                raise ValueError(f"{path}: history block {b['id']}: row {row[0]!r} has {len(row)} cells for "
+                                 f"{len(b['columns'])} columns")
+            for c in row:
+                if isinstance(c, dict) and set(c) != {"diff", "lo", "hi"}:
+                    raise ValueError(f"{path}: history block {b['id']}: a cell {c} is not {{diff, lo, hi}}")
+    return blocks
+
+
+def history_frame(block: dict, decimals: int = 2):
+    """One history block as a table: intervals as '+0.24 [−0.01, +0.53]'."""
+    import pandas as pd
+
+    from .tables import interval
+    rows = [[interval(c, decimals) if isinstance(c, dict) else c for c in row] for row in block["rows"]]
+    return pd.DataFrame(rows, columns=block["columns"])

@@ -730,7 +730,7 @@ def radar_plot(category_scores: Mapping[str, Mapping[str, float]], path: str | P
     ax.set_xticklabels([_category_label(c) for c in categories])
     ax.set_ylim(0, max_score)
     ax.set_rgrids(np.linspace(max_score / 5, max_score, 5), angle=0, fontsize=8)
-    ax.legend(loc="upper right", bbox_to_anchor=(1.3, 1.1), fontsize=8)
+    ax.legend(loc="upper left", bbox_to_anchor=(1.08, 1.05), fontsize=8)  # beside the plot, never over it
     if title:
         ax.set_title(title, pad=20)
     fig.tight_layout()
