@@ -97,7 +97,7 @@ def test_a_half_written_trainer_state_never_breaks_a_training_rerun(tmp_path, ti
     newest = ckpts[-1] / "trainer_state.json"
     newest.write_text(newest.read_text()[: len(newest.read_text()) // 2])
     res = sft.train(cfg, tiny_base, tiny_chat_data, out)  # resumes from the older one, or starts over
-    assert res["steps"] >= int(ckpts[-1].name.split("-")[1])
+    assert res.metrics["steps"] >= int(ckpts[-1].name.split("-")[1])
 
 
 def test_a_truncated_checkpoint_weight_file_is_set_aside_and_training_resumes(tmp_path, tiny_base, tiny_chat_data):
@@ -122,7 +122,7 @@ def test_a_truncated_checkpoint_weight_file_is_set_aside_and_training_resumes(tm
     assert f"set aside as bad-{newest.name}" in logged[0] and logged[1] == f"resuming from {older}"
     assert not newest.exists() and (newest.parent / f"bad-{newest.name}").is_dir()
     res = sft.train(cfg, tiny_base, tiny_chat_data, out)  # resumes from the older one and finishes
-    assert res["steps"] == first["steps"]
+    assert res.metrics["steps"] == first.metrics["steps"]
     assert modeling.checkpoint_problem(out / "checkpoints" / newest.name) is None  # saved again, whole
 
 
