@@ -14,7 +14,7 @@ from zephyr_lib import runner
 
 def _plan():
     deps = {"a": [], "b": ["a"], "c": ["a"], "d": ["a"], "e": ["b", "c", "d"]}
-    return [SimpleNamespace(name=n, stage="x", upstream=u) for n, u in deps.items()]
+    return [SimpleNamespace(name=n, stage="x", upstream=u, spec=SimpleNamespace(alone=False)) for n, u in deps.items()]
 
 
 class _Fake:
@@ -86,8 +86,9 @@ def test_a_stage_marked_alone_waits_for_a_free_machine_and_runs_by_itself(monkey
     """base and eval are marked ``alone``: base goes first with every core although curate is ready
     too, and nothing starts beside it."""
     deps = {"base": [], "curate": [], "sft": ["base", "curate"], "eval": ["sft"]}
-    plan = [SimpleNamespace(name=n, stage=n if n in ("base", "curate", "sft", "eval") else "x", upstream=u)
-            for n, u in deps.items()]
+    from zephyr_lib.stages import STAGES
+
+    plan = [SimpleNamespace(name=n, stage=n, upstream=u, spec=STAGES[n]) for n, u in deps.items()]
     fake = _Fake()
     monkeypatch.setattr(runner, "execute_run", fake)
     runner._run_parallel(SimpleNamespace(run_hash=lambda n: "0" * 12), plan, lambda n: {}, set(), 60.0, None, 2,

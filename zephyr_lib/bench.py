@@ -739,7 +739,7 @@ def this_build_lines(profile: str, bench_floor: dict | None = None) -> list[str]
     a bench measured it, else counted from the store at the fp32 matmul rate measured now)."""
     import pandas as pd
 
-    from .config import load_profile
+    from .plan import load_profile
     from .store import context
     from .tables import markdown
 

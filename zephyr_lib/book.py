@@ -94,6 +94,6 @@ def prepare(profile_name: str) -> list[str]:
     GENERATED.mkdir(parents=True, exist_ok=True)
     atomic_write_text(GENERATED / "provenance.md", provenance_markdown(profile))
     from .bench import write_performance_page
-    write_performance_page(REPO / "bench.json", GENERATED, profile.name)  # stage times + floor; `make bench` adds ratios
+    write_performance_page(REPO / "bench.json", GENERATED, profile_name)  # stage times + floor; `make bench` adds ratios
     atomic_write_text(GENERATED / "profile.json", json.dumps({"profile": profile.name}) + "\n")
     return problems
