@@ -13,6 +13,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, ClassVar
 
+from ..agent import Agent
 from ..io import read_jsonl, write_json, write_jsonl
 
 
@@ -22,20 +23,21 @@ class Benchmark:
     name: ClassVar[str]
     title: ClassVar[str]
     columns: ClassVar[dict[str, tuple[str, float]]] = {}  # metric key -> (table column, scale)
-    needs_weights: ClassVar[bool] = False  # scores log-likelihoods: only trained models (with a path)
+    needs_weights: ClassVar[bool] = False  # scores log-likelihoods: only trained models (agent.path set)
     judged: ClassVar[bool] = True  # calls the judge
 
     def __init__(self, cfg, inputs: dict):
         self.cfg, self.inputs = cfg, inputs
 
-    def run(self, agent, model_id: str, judge, out: Path) -> dict:
+    def run(self, agent: Agent, model_id: str, judge, out: Path) -> dict:
         outputs = self.generate(agent, model_id, out)
         judgments = self.judge(outputs, model_id, judge, out)
         metrics = self.score(judgments, model_id, out)
         write_json(out / "metrics.json", metrics)
         return metrics
 
-    def generate(self, agent, model_id: str, out: Path) -> Any:
+    def generate(self, agent: Agent, model_id: str, out: Path) -> Any:
+        """The model's outputs; a ``needs_weights`` benchmark reads only ``agent.path``."""
         raise NotImplementedError
 
     def judge(self, outputs: Any, model_id: str, judge, out: Path) -> Any:

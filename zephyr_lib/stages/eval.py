@@ -62,7 +62,7 @@ def eval_inputs(ctx) -> dict:
     from ..evals import mt_bench as mt
     from ..evals.toy_prompts import toy_judge_prompts
     from ..io import fetch
-    from ..toyworld import shared_world, make_agent
+    from ..toyworld import shared_world, toy_agent
 
     cfg, world = ctx.cfg, shared_world(ctx.world)
     cache = ctx.root / ctx.profile.name / "downloads"
@@ -88,7 +88,7 @@ def eval_inputs(ctx) -> dict:
         tasks = world.alpaca_tasks(cfg.n_alpaca)
         from ..toyworld.world import spec_key
         out["toy_specs"] = out.get("toy_specs", []) + [{"benchmark": "alpaca_eval", "instruction": t.turns[0], "spec": spec_key(t)} for t in tasks]
-        ref = make_agent(world, "reference", seed=0).respond_many([[{"role": "user", "content": t.turns[0]}] for t in tasks])
+        ref = toy_agent(world, "reference", seed=0).respond_many([[{"role": "user", "content": t.turns[0]}] for t in tasks])
         out["alpaca"] = [{"instruction": t.turns[0], "output": o, "generator": "toy_reference (text-davinci-003 stand-in)",
                           "dataset": f"toy/{t.category}"} for t, o in zip(tasks, ref)]
     elif cfg.alpaca_eval_set == ae.BASELINE_SOURCE["hub_id"]:
@@ -156,7 +156,7 @@ def anchor_path(source: str, revision: str) -> str:
 def build(ctx, out: Path) -> dict:
     """Every benchmark for every model: from the per-model cache when it has the result, else run."""
     from .. import modeling
-    from ..agents import judge_for, make_agent
+    from ..agents import WeightsOnly, judge_for, make_agent
     from ..vllm_backend import available as vllm_available
     from ..vllm_backend import generation_agent, memory_plan, release
 
@@ -215,9 +215,8 @@ def build(ctx, out: Path) -> dict:
                 weights = anchor_path(*anchor) if anchor else None
             folder.mkdir(parents=True, exist_ok=True)
             if bench.needs_weights:  # lm-eval loads the weights itself: no generation model is built for it
-                from types import SimpleNamespace
                 path = weights if anchor else ctx.resolve(name)
-                res[bench.name] = bench.run(SimpleNamespace(path=path, name=name), model_id, judge, folder)
+                res[bench.name] = bench.run(WeightsOnly(name, path), model_id, judge, folder)
             else:
                 if agent is None:
                     agent = (generation_agent(weights, name=name, batch_size=cfg.batch_size, seed=cfg.seed,
