@@ -10,11 +10,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..config import ConfigError, StageConfig, endpoint, opt
+from ..config import N_ALPACA_MAX, ConfigError, StageConfig, endpoint, opt  # noqa: F401 (N_ALPACA_MAX: aif, training)
 from ..io import write_json, write_jsonl
 from ..stage import Stage
-
-N_ALPACA_MAX = 200  # training prompts exclude every prompt (and paraphrase) any toy benchmark can ask: eval.n_alpaca <= this
 
 
 @dataclass(frozen=True)
