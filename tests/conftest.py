@@ -57,11 +57,11 @@ def tiny_base(tmp_path_factory) -> Path:
 def tiny_chat_data(tmp_path_factory) -> Path:
     """A small ultrachat_200k-schema DatasetDict written by the toy teacher."""
     from zephyr_lib import curate
-    from zephyr_lib.toyworld import World, make_agent, write_dialogues
+    from zephyr_lib.toyworld import World, toy_agent, write_dialogues
 
     w = World()
     tasks = w.tasks(240, seed=0, followups=0, categories=("math", "humanities", "stem"))
-    dialogues = write_dialogues(w, make_agent(w, "teacher_strong"), tasks)
+    dialogues = write_dialogues(w, toy_agent(w, "teacher_strong"), tasks)
     dsd = curate.split_dataset([curate.to_ultrachat_200k_row(d) for d in dialogues], test_frac=0.1, seed=0)
     return curate.save_dataset(dsd, tmp_path_factory.mktemp("chat") / "beta")
 

@@ -12,7 +12,7 @@ PKG = REPO / "zephyr_lib"
 
 # Bottom to top. A module may import modules of its own layer or of the layers below it, never above.
 LAYERS: list[tuple[str, set[str]]] = [
-    ("foundation", {"io", "results", "stage", "config", "tables", "sphinx_offline_math"}),
+    ("foundation", {"io", "results", "stage", "agent", "config", "tables", "sphinx_offline_math"}),
     ("library", {"store", "modeling", "curate", "feedback", "judges", "generate", "vllm_backend", "agents", "pool",
                  "ultrachat", "trl_shared", "launch", "evals", "toyworld", "preflight"}),
     ("stages", {"stages"}),

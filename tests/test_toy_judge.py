@@ -12,7 +12,7 @@ from zephyr_lib import feedback as fb
 from zephyr_lib.evals import alpaca_eval as ae
 from zephyr_lib.evals import mt_bench as mt
 from zephyr_lib.judges import Backend, Judge, judge_from_config
-from zephyr_lib.toyworld import World, make_agent, write_dialogues
+from zephyr_lib.toyworld import World, toy_agent, write_dialogues
 from zephyr_lib.toyworld.judge import ToyJudge
 
 REF = Path(__file__).resolve().parents[2] / "shared" / "reference-data"
@@ -105,7 +105,7 @@ def test_mt_bench_scores_rank_the_agents(world, mt_tasks, prompts, tmp_path):
     judge = _judge(world, tmp_path)
     means = {}
     for name in ("teacher_strong", "teacher", "teacher_sloppy"):
-        dialogues = write_dialogues(world, make_agent(world, name), mt_tasks)
+        dialogues = write_dialogues(world, toy_agent(world, name), mt_tasks)
         answers = {int(t.id): mt.answer_record(int(t.id), name, [m["content"] for m in d if m["role"] == "assistant"],
                                                tstamp=0) for t, d in zip(mt_tasks, dialogues)}
         requests = mt.single_judge_requests(questions, answers, prompts, refs)
@@ -142,8 +142,8 @@ def test_mt_bench_pairwise_picks_the_oracle_in_both_orders(world, mt_tasks, prom
 def test_judge_is_blind_and_deterministic(world, mt_tasks, prompts, tmp_path):
     """Identical texts get identical grades: a pair of identical answers is a tie, and the
     verdict does not depend on which side an answer is shown on."""
-    sloppy = write_dialogues(world, make_agent(world, "teacher_sloppy"), mt_tasks)
-    strong = write_dialogues(world, make_agent(world, "teacher_strong"), mt_tasks)
+    sloppy = write_dialogues(world, toy_agent(world, "teacher_sloppy"), mt_tasks)
+    strong = write_dialogues(world, toy_agent(world, "teacher_strong"), mt_tasks)
     judge = ToyJudge(world)
     n_same_text = 0
     for t, ds, dg in zip(mt_tasks, sloppy, strong):
@@ -175,7 +175,7 @@ def test_judge_is_blind_and_deterministic(world, mt_tasks, prompts, tmp_path):
 
 def _alpaca_preferences(world, judge, tasks, model_name):
     """AlpacaEval preferences (output_1 = reference agent, output_2 = model), swap included."""
-    reference, model = make_agent(world, "reference"), make_agent(world, model_name)
+    reference, model = toy_agent(world, "reference"), toy_agent(world, model_name)
     rows = []
     for t in tasks:
         user = [{"role": "user", "content": t.turns[0]}]
@@ -243,7 +243,7 @@ def test_ultrafeedback_aspect_and_overall_replies_parse(world, tmp_path):
         inst, spec = task.turns[0], task.specs[0]
         user = [{"role": "user", "content": inst}]
         comps = [world.informative_answer(spec, rng) or world.answer(spec), world.wrong_answer(spec, rng),
-                 make_agent(world, "teacher_sloppy").respond(user), make_agent(world, "teacher").respond(user)]
+                 toy_agent(world, "teacher_sloppy").respond(user), toy_agent(world, "teacher").respond(user)]
         msgs = [fb.build_aspect_messages(a, inst, comps, world_knowledge=fb.DEFAULT_WORLD_KNOWLEDGE)
                 for a in fb.ASPECTS]
         parsed = _ok(judge.complete_many(msgs, parse=lambda text: fb.parse_aspect_reply(text, 4)))

@@ -5,7 +5,7 @@ import random
 
 from zephyr_lib import curate
 from zephyr_lib.config import WorldConfig
-from zephyr_lib.toyworld import CATEGORIES, World, assess, make_agent, write_dialogues
+from zephyr_lib.toyworld import CATEGORIES, World, assess, toy_agent, write_dialogues
 from zephyr_lib.toyworld.checker import lowercase_starts
 
 
@@ -36,7 +36,7 @@ def test_training_prompts_exclude_benchmark_prompts():
 def test_teacher_defect_profile_matches_the_config():
     w = World()
     tasks = w.tasks(2000, seed=1)
-    dialogues = write_dialogues(w, make_agent(w, "teacher"), tasks)
+    dialogues = write_dialogues(w, toy_agent(w, "teacher"), tasks)
     plain = [m["content"] for t, d in zip(tasks, dialogues) for s, m in zip(t.specs, d[1::2]) if s.get("plain_fact")]
     other = [m["content"] for t, d in zip(tasks, dialogues) for s, m in zip(t.specs, d[1::2]) if not s.get("plain_fact")]
     rate = sum(curate.has_boilerplate(x) for x in plain) / len(plain)
@@ -52,8 +52,8 @@ def test_teacher_defect_profile_matches_the_config():
 def test_agents_are_deterministic_and_order_independent():
     w = World()
     tasks = w.tasks(50, seed=2)
-    a = write_dialogues(w, make_agent(w, "teacher_sloppy"), tasks)
-    b = write_dialogues(w, make_agent(w, "teacher_sloppy"), list(reversed(tasks)))
+    a = write_dialogues(w, toy_agent(w, "teacher_sloppy"), tasks)
+    b = write_dialogues(w, toy_agent(w, "teacher_sloppy"), list(reversed(tasks)))
     assert a == list(reversed(b))
 
 
@@ -190,7 +190,7 @@ def test_the_gpt35_stand_in_is_informative_less_often_and_keeps_its_format_habit
     tasks = w.tasks(3000, seed=5, followups=0)
     rates, habits = {}, {}
     for name in ("teacher", "teacher_strong"):
-        ag = make_agent(w, name)
+        ag = toy_agent(w, name)
         answers = [ag.respond([{"role": "user", "content": t.turns[0]}]) for t in tasks]
         looks = [assess(w, t.specs[0], a) for t, a in zip(tasks, answers)]
         depth = [a.informative for a in looks if a.informative is not None and a.correct]

@@ -1,32 +1,28 @@
 """Everything that answers prompts, behind one protocol, built by one factory.
 
-An *agent* answers conversations: ``respond_many(conversations, *, max_new_tokens, temperature,
-temperatures=None, desc=None) -> list[str | None]`` (answers in input order; ``None`` marks a
-failed API call where the agent was asked to return one). The kinds:
+An *agent* is a :class:`zephyr_lib.agent.Agent` (re-exported here): a ``name``, a ``path`` (the
+weights, or None) and ``respond_many(conversations, *, max_new_tokens, temperature, temperatures,
+top_p, desc, return_stopped)``. The kinds :func:`make_agent` returns:
 
-* toy-world programs (``toyworld.Agent``: the teacher stand-in and its variants);
+* toy-world programs (``toyworld.ToyAgent``: the teacher stand-in and its variants);
 * a trained model of a run (``generate.ModelAgent``, or ``vllm_backend.VLLMAgent`` on a GPU);
 * a model behind an endpoint of the profile (:class:`OpenAIAgent`, every call cached).
 
 :func:`make_agent` turns a name into one of these; :func:`judge_for` turns an endpoint name into
 the cached judge client (the toy judge stand-in or an OpenAI-compatible API). Both are what the
-stages call, so the toy path and the real path are the same code.
+stages call, so the toy path and the real path are the same code. :class:`WeightsOnly` names a
+trained model's weights for a benchmark that loads them itself (lm-eval), without building one.
 """
 from __future__ import annotations
 
-from typing import Any, Protocol, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
 
+from .agent import Agent
 from .judges import AllCallsFailedError, Judge, JudgeError, JudgeResult, JudgeStats
 
-
-class Agent(Protocol):
-    """Anything that answers prompts."""
-
-    name: str
-
-    def respond_many(self, conversations: Sequence[list[dict]], *, max_new_tokens: int = ...,
-                     temperature: float = ..., temperatures: Sequence[float] | None = None,
-                     desc: str | None = None) -> list[str | None]: ...
+__all__ = ["Agent", "OpenAIAgent", "WeightsOnly", "complete_lenient", "judge_for", "make_agent", "stats_delta"]
 
 
 def stats_delta(judge: Judge, before: dict) -> dict:
@@ -66,12 +62,12 @@ def judge_for(ctx, endpoint: str) -> Judge:
 
 
 def make_agent(ctx, name: str, *, batch_size: int = 32, seed: int = 0, refs: dict[str, str] | None = None,
-               device: str = "auto", gpu_memory_utilization: float | None = None):
-    """An agent by name: a toy-world program ('teacher', 'teacher_sloppy', ...), an endpoint of the
-    profile ('endpoint:gpt35'), or a trained model from a run reference ('sft', 'dpo@2'). ``refs``
-    maps aliases (the aif pool's 'policy', 'base') to run references."""
+               device: str = "auto", gpu_memory_utilization: float | None = None) -> Agent:
+    """The one agent factory: by name, a toy-world program ('teacher', 'teacher_sloppy', ...), an
+    endpoint of the profile ('endpoint:gpt35'), or a trained model from a run reference ('sft',
+    'dpo@2'). ``refs`` maps aliases (the aif pool's 'policy', 'base') to run references."""
     from .toyworld import shared_world
-    from .toyworld.agents import agent_profiles, make_agent as toy_agent
+    from .toyworld.agents import agent_profiles, toy_agent
 
     name = (refs or {}).get(name, name)
     world = shared_world(ctx.world)
@@ -82,6 +78,21 @@ def make_agent(ctx, name: str, *, batch_size: int = 32, seed: int = 0, refs: dic
     from .vllm_backend import generation_agent  # vLLM when installed and a GPU exists, else transformers
     vllm = {"gpu_memory_utilization": gpu_memory_utilization} if gpu_memory_utilization else {}
     return generation_agent(ctx.resolve(name), name=name, batch_size=batch_size, seed=seed, device=device, **vllm)
+
+
+@dataclass(frozen=True)
+class WeightsOnly:
+    """A trained model's weights for a benchmark that loads them itself (lm-eval's log-likelihood
+    scoring, ``Benchmark.needs_weights``): an :class:`Agent` with a ``path`` that builds no model
+    and answers no prompts (``respond_many`` raises TypeError)."""
+
+    name: str
+    path: str | Path
+
+    def respond_many(self, conversations, *, max_new_tokens=128, temperature=0.0, temperatures=None, top_p=1.0,
+                     desc=None, return_stopped=False):
+        raise TypeError(f"{self.name}: WeightsOnly names weights for log-likelihood scoring; it answers no "
+                        f"prompts (make_agent builds the model)")
 
 
 class OpenAIAgent:
@@ -95,8 +106,12 @@ class OpenAIAgent:
     retries (finished answers are cached, so a rerun makes only the failed calls); "none" returns
     None for a failed conversation (callers drop and count it, as :func:`complete_pool` does).
 
-    There is no ``path`` attribute: log-likelihood benchmarks skip API models.
+    ``path`` is None: log-likelihood benchmarks skip API models. ``return_stopped`` and a
+    ``top_p`` other than 1 raise NotImplementedError (the judge cache keeps no finish_reason, and
+    its keys have no top_p).
     """
+
+    path = None
 
     def __init__(self, backend_or_judge: Any, name: str | None = None, *, cache_dir=None,
                  system_prompt: str | None = None, on_error: str = "raise", progress: bool = False):
@@ -121,9 +136,12 @@ class OpenAIAgent:
 
     def respond_many(self, conversations: Sequence[list[dict]], *, max_new_tokens: int = 1024,
                      temperature: float = 0.0, temperatures: Sequence[float] | None = None,
-                     desc: str | None = None, return_stopped: bool = False, **_: Any) -> list[str | None]:
+                     top_p: float = 1.0, desc: str | bool | None = None,
+                     return_stopped: bool = False) -> list[str | None]:
         """Answer each conversation (its last turn is the user's); answers in input order.
         ``temperatures`` gives one temperature per conversation (calls are grouped by value)."""
+        if top_p != 1.0:
+            raise NotImplementedError(f"OpenAIAgent: top_p={top_p}: the judge (and its cache keys) has no top_p")
         if return_stopped:
             raise NotImplementedError(
                 "OpenAIAgent cannot report whether the model stopped by itself: the finish_reason "

@@ -162,7 +162,7 @@ def configs(profile: str, sizes: BenchSizes) -> dict:
 def build_inputs(cfgs: dict, sizes: BenchSizes, work: Path) -> dict:
     """Tokenizer + untrained base model, dSFT data, dDPO data and generation prompts, in `work`."""
     from . import curate, feedback, modeling
-    from .toyworld import World, make_agent, write_dialogues
+    from .toyworld import World, toy_agent, write_dialogues
 
     prof, base = cfgs["profile"], cfgs["base"]
     world = World(prof.world)
@@ -171,14 +171,14 @@ def build_inputs(cfgs: dict, sizes: BenchSizes, work: Path) -> dict:
     blocks = modeling.pack_blocks(tok, docs, base.seq_len)
     need = (sizes.pretrain_steps + 2) * base.batch_size
     blocks = (blocks * (need // max(1, len(blocks)) + 1))[:need]  # repeat the corpus if it is short
-    teacher = make_agent(world, "teacher", seed=0)
+    teacher = toy_agent(world, "teacher", seed=0)
     n_sft_test = sizes.sft_test
     tasks = world.tasks(cfgs["n_sft_train"] + 2 * n_sft_test, seed=1, followups=prof.runs["curate"].config.max_followups,
                         prefix="bench-sft")
     rows = [curate.to_ultrachat_200k_row(d) for d in write_dialogues(world, teacher, tasks)]
     test_frac = 2 * n_sft_test / len(rows)  # split_dataset keeps half the test part as test_sft
     curate.save_dataset(curate.split_dataset(rows, test_frac=test_frac, seed=0), work / "sft_data")
-    sloppy = make_agent(world, "teacher_sloppy", seed=0)
+    sloppy = toy_agent(world, "teacher_sloppy", seed=0)
     n_pairs = cfgs["n_dpo_train"] + sizes.dpo_test
     pairs = []
     for t in world.tasks(n_pairs * 2, seed=2, followups=0, prefix="bench-dpo"):
@@ -326,9 +326,10 @@ def generate_loop(model, tokenizer, conversations, max_new_tokens: int) -> list[
 
 
 def bench_generate(model_dir: Path, prompts, max_new_tokens: int, batch_size: int) -> dict:
+    from .agent import Agent
     from .generate import ModelAgent
 
-    agent = ModelAgent(model_dir, name="bench", batch_size=batch_size)
+    agent: Agent = ModelAgent(model_dir, name="bench", batch_size=batch_size)
     generate_loop(agent.model, agent.tokenizer, prompts[:1], 2)  # warm-up: neither side pays first-call costs
     t0 = time.perf_counter()
     batched = agent.respond_many(prompts, max_new_tokens=max_new_tokens, desc=False)

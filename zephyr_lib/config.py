@@ -177,6 +177,7 @@ class EndpointConfig:
 
 
 TOY_AGENTS = ("teacher", "teacher_strong", "reference")  # toy-world programs that can be evaluated like models
+N_ALPACA_MAX = 200  # training prompts exclude every prompt (and paraphrase) any toy benchmark can ask: eval.n_alpaca <= this
 # The toy judge's version: part of the hash of every run it grades (aif, eval), so changing how it
 # grades reruns them instead of reusing stale verdicts (its cache is keyed by this name too).
 TOY_JUDGE_VERSION = "toy-judge-v3"

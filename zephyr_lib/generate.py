@@ -61,7 +61,7 @@ def chat_generate(model, tokenizer, conversations: list[list[dict]], *, max_new_
 
 
 class ModelAgent:
-    """A trained model behind the same interface as the toy world's agents."""
+    """A trained model (transformers generation) as an :class:`zephyr_lib.agent.Agent`."""
 
     def __init__(self, path: str | Path, name: str | None = None, batch_size: int = 32, seed: int = 0,
                  device: str = "auto"):
@@ -70,10 +70,10 @@ class ModelAgent:
         self.batch_size, self.seed = batch_size, seed
 
     def respond_many(self, conversations, *, max_new_tokens: int = 128, temperature: float = 0.0,
-                     temperatures: list[float] | None = None, desc: str | None = None,
+                     temperatures: list[float] | None = None, top_p: float = 1.0, desc: str | bool | None = None,
                      return_stopped: bool = False):
         if self.model is None:
             raise RuntimeError(f"{self.name}: the model was released (vllm_backend.release); make a new agent")
         return chat_generate(self.model, self.tokenizer, conversations, max_new_tokens=max_new_tokens,
-                             temperature=temperature, temperatures=temperatures, batch_size=self.batch_size,
+                             temperature=temperature, temperatures=temperatures, top_p=top_p, batch_size=self.batch_size,
                              seed=self.seed, desc=desc or f"generate ({self.name})", return_stopped=return_stopped)

@@ -16,20 +16,21 @@ import random
 from typing import Any, Mapping, Sequence
 
 from . import feedback as fb
+from .agent import Agent
 from .agents import complete_lenient as _complete, stats_delta
 from .judges import Judge, JudgeResult
 
 log = logging.getLogger(__name__)
 
 
-def complete_pool(agents: Mapping[str, Any], prompts: Sequence[Any], per_prompt: int = 4, seed: int = 42, *,
+def complete_pool(agents: Mapping[str, Agent], prompts: Sequence[Any], per_prompt: int = 4, seed: int = 42, *,
                   max_new_tokens: int = 1024, temperature: float = 0.7,
                   system_prompts: Sequence[tuple[str, str]] | None = None,
                   principles: Mapping[str, Sequence[str]] | None = None) -> tuple[list[dict], dict]:
     """UltraFeedback's completion step: ``per_prompt`` distinct pool members per prompt, each answering.
 
-    ``agents``: name -> agent with ``respond_many(conversations, max_new_tokens=, temperature=,
-    desc=)``. ``prompts``: instruction strings, or dicts with ``instruction`` and optionally
+    ``agents``: name -> :class:`~zephyr_lib.agent.Agent` (what :func:`~zephyr_lib.agents.make_agent`
+    returns). ``prompts``: instruction strings, or dicts with ``instruction`` and optionally
     ``source`` / ``correct_answers`` / ``incorrect_answers`` (kept for :func:`rate_ultrafeedback`).
     One ``random.Random(seed)`` draws, per prompt in order, ``rng.sample(names, per_prompt)`` (names
     in the dict's order, as the aif stage draws its pool) and, if ``system_prompts`` (a list of

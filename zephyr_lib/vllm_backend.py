@@ -26,6 +26,8 @@ import logging
 from pathlib import Path
 from typing import Any, Sequence
 
+from .agent import Agent
+
 log = logging.getLogger(__name__)
 
 BACKENDS = ("auto", "vllm", "transformers")
@@ -94,9 +96,10 @@ class VLLMAgent:
     def __repr__(self) -> str:
         return f"VLLMAgent(name={self.name!r}, path={str(self.path)!r})"
 
-    def _params(self, temperature: float, max_new_tokens: int):
+    def _params(self, temperature: float, max_new_tokens: int, top_p: float | None = None):
         eos = self.tokenizer.eos_token_id
-        kw: dict[str, Any] = {"temperature": float(temperature), "top_p": self.top_p if temperature > 0 else 1.0,
+        top_p = self.top_p if top_p is None else top_p
+        kw: dict[str, Any] = {"temperature": float(temperature), "top_p": top_p if temperature > 0 else 1.0,
                               "max_tokens": int(max_new_tokens), "skip_special_tokens": True}
         if eos is not None:
             kw["stop_token_ids"] = [int(eos)]
@@ -104,7 +107,9 @@ class VLLMAgent:
 
     def respond_many(self, conversations: Sequence[list[dict]], *, max_new_tokens: int = 128,
                      temperature: float = 0.0, temperatures: Sequence[float] | None = None,
-                     desc: str | None = None, return_stopped: bool = False, **_: Any):
+                     top_p: float | None = None, desc: str | bool | None = None, return_stopped: bool = False):
+        """The :class:`zephyr_lib.agent.Agent` call; ``top_p`` (None: the agent's own) applies to
+        sampled answers."""
         if self.llm is None:
             raise RuntimeError(f"{self.name}: the vLLM engine was released (vllm_backend.release); make a new agent")
         convs = [list(c) for c in conversations]
@@ -121,7 +126,7 @@ class VLLMAgent:
         for t, idx in groups.items():
             if desc:
                 log.info("%s: %d conversation(s) at temperature %s", desc, len(idx), t)
-            results = self.llm.generate([{"prompt_token_ids": ids[i]} for i in idx], self._params(t, max_new_tokens),
+            results = self.llm.generate([{"prompt_token_ids": ids[i]} for i in idx], self._params(t, max_new_tokens, top_p),
                                         use_tqdm=bool(desc))
             if len(results) != len(idx):
                 raise RuntimeError(f"vllm returned {len(results)} outputs for {len(idx)} prompts")
@@ -201,7 +206,8 @@ def release(agent: Any) -> None:
 
 
 def generation_agent(path: str | Path, name: str | None = None, backend: str = "auto", *, seed: int = 0,
-                     batch_size: int = 32, tensor_parallel_size: int = 1, device: str = "auto", **vllm_kwargs: Any):
+                     batch_size: int = 32, tensor_parallel_size: int = 1, device: str = "auto",
+                     **vllm_kwargs: Any) -> Agent:
     """A generation agent for a trained model: VLLMAgent or generate.ModelAgent.
 
     backend="auto": vLLM when :func:`available` (package importable and CUDA present), else

@@ -1,18 +1,22 @@
 """The benchmarks the eval stage runs, as small classes with the same three steps, in one registry.
 
-Each :class:`Benchmark` answers ``generate`` (the model's outputs, in the benchmark's official
+Each :class:`Benchmark` has its inputs prepared once per eval run (``prepare``), then answers ``generate`` (the model's outputs, in the benchmark's official
 format), ``judge`` (the judge's verdicts, or log-likelihood scoring) and ``score`` (metrics.json);
 :meth:`Benchmark.run` does the three for one model and writes ``metrics.json`` +
-``predictions.jsonl`` into ``out``. ``columns`` names what the results tables show;
+``predictions.jsonl`` into ``out``. ``columns`` (through ``summary``) gives a model's columns in
+the results stage's tables;
 ``per_item`` gives per-question scores for paired comparisons between models.
 
 Adding a benchmark: one class here and one line in :data:`BENCHMARKS`.
 """
 from __future__ import annotations
 
+import os
+import shutil
 from pathlib import Path
 from typing import Any, ClassVar
 
+from ..agent import Agent
 from ..io import read_jsonl, write_json, write_jsonl
 
 
@@ -21,21 +25,30 @@ class Benchmark:
 
     name: ClassVar[str]
     title: ClassVar[str]
-    columns: ClassVar[dict[str, tuple[str, float]]] = {}  # metric key -> (table column, scale)
-    needs_weights: ClassVar[bool] = False  # scores log-likelihoods: only trained models (with a path)
+    columns: ClassVar[dict[str, tuple[str, float]]] = {}  # metric key -> (results-table column, scale)
+    needs_weights: ClassVar[bool] = False  # scores log-likelihoods: only trained models (agent.path set)
     judged: ClassVar[bool] = True  # calls the judge
 
     def __init__(self, cfg, inputs: dict):
         self.cfg, self.inputs = cfg, inputs
 
-    def run(self, agent, model_id: str, judge, out: Path) -> dict:
+    @classmethod
+    def prepare(cls, ctx, inputs: dict) -> None:
+        """Add this benchmark's inputs for the eval run ``ctx`` to ``inputs``, the one dict every
+        benchmark of the run reads (the eval stage calls this for each benchmark of
+        :data:`BENCHMARKS`, in its order, whether or not the run names it; a benchmark with costly
+        inputs checks ``ctx.cfg.benchmarks``). Toy benchmarks append what each question asks to
+        ``inputs["toy_specs"]``. None by default."""
+
+    def run(self, agent: Agent, model_id: str, judge, out: Path) -> dict:
         outputs = self.generate(agent, model_id, out)
         judgments = self.judge(outputs, model_id, judge, out)
         metrics = self.score(judgments, model_id, out)
         write_json(out / "metrics.json", metrics)
         return metrics
 
-    def generate(self, agent, model_id: str, out: Path) -> Any:
+    def generate(self, agent: Agent, model_id: str, out: Path) -> Any:
+        """The model's outputs; a ``needs_weights`` benchmark reads only ``agent.path``."""
         raise NotImplementedError
 
     def judge(self, outputs: Any, model_id: str, judge, out: Path) -> Any:
@@ -60,9 +73,13 @@ class Benchmark:
         and the model's results are not cached)."""
         return self.losses(metrics)[0]
 
-    def summary(self, metrics: dict) -> dict:
-        """The table columns of one model's metrics."""
-        return {col: scale * metrics[k] for k, (col, scale) in self.columns.items() if metrics.get(k) is not None}
+    @classmethod
+    def summary(cls, metrics: dict) -> dict:
+        """One model's columns in the results stage's tables (``stages/results.py``: table 1, the
+        ablation, the epochs, the sweep), from ``columns``: {column: scale × metric}; a metric that
+        is None (or missing) gives None."""
+        return {col: None if metrics.get(k) is None else metrics[k] if scale == 1 else scale * metrics[k]
+                for k, (col, scale) in cls.columns.items()}
 
     def after_all(self, models: list[str], judge, out: Path) -> dict[str, dict]:
         """Comparisons across models once every model ran ({model: extra metrics}); none by default."""
@@ -78,8 +95,34 @@ class MTBench(Benchmark):
     """FastChat's MT-Bench: 2 turns per question, per-category temperatures, single-answer grading."""
 
     name, title = "mt_bench", "MT-Bench"
-    columns = {"overall": ("MT-Bench", 1.0)}
+    columns = {"overall": ("mt_bench", 1.0)}
     input_name = "questions"
+
+    @classmethod
+    def prepare(cls, ctx, inputs):
+        """The questions (the toy world's, or FastChat's question.jsonl), the references for the
+        categories that need them, and the judge prompts. Always prepared: the eval run writes
+        FastChat's ``mt_bench_question.jsonl``."""
+        from . import mt_bench as mt
+        from .toy_prompts import toy_judge_prompts
+
+        cfg = ctx.cfg
+        if cfg.mt_bench_questions == "toy":
+            from ..toyworld import shared_world
+            from ..toyworld.world import spec_key
+
+            world = shared_world(ctx.world)
+            tasks = world.mt_bench_tasks()
+            inputs["mt_questions"] = [{"question_id": int(t.id), "category": t.category, "turns": t.turns} for t in tasks]
+            inputs["toy_specs"] = inputs.get("toy_specs", []) + [
+                {"benchmark": "mt_bench", "instruction": t.turns[0], "spec": spec_key(t)} for t in tasks]
+            inputs["mt_references"] = {int(t.id): mt.answer_record(int(t.id), "toy-oracle", [world.answer(s) for s in t.specs])
+                                       for t in tasks if t.category in mt.NEED_REF_CATS}
+        else:
+            inputs["mt_questions"] = mt.load_questions(_fetch(ctx, cfg.mt_bench_questions))
+            inputs["mt_references"] = (mt.load_reference_answers(_fetch(ctx, cfg.mt_bench_references))
+                                       if cfg.mt_bench_references else None)
+        inputs["judge_prompts"] = mt.load_judge_prompts(_fetch(ctx, cfg.judge_prompts)) if cfg.judge_prompts else toy_judge_prompts()
 
     def generate(self, agent, model_id, out):
         from . import mt_bench as mt
@@ -129,6 +172,12 @@ class MTBench(Benchmark):
             metrics = {"model": model_id, "overall": None, "n": 0, "n_failed": len(judged["judgments"])}
         metrics.update({k: judged[k] for k in ("n_transport_failures", "n_unusable", "inputs_lost", "inputs_total")})
         return metrics
+
+    @classmethod
+    def summary(cls, metrics):
+        """The overall score and its bootstrap 95% interval (``mt_lo``, ``mt_hi``)."""
+        lo, hi = metrics.get("ci95") or (None, None)
+        return {**super().summary(metrics), "mt_lo": lo, "mt_hi": hi}
 
     def after_all(self, models, judge, out):
         """FastChat's pairwise mode against `eval.mt_bench_pairwise_baseline`: each turn judged in
@@ -182,8 +231,38 @@ class AlpacaEval(Benchmark):
     """AlpacaEval 1: the model against text-davinci-003's outputs, alpaca_eval_gpt4's ranking prompt."""
 
     name, title = "alpaca_eval", "AlpacaEval"
-    columns = {"win_rate": ("AlpacaEval %", 1.0)}
+    columns = {"win_rate": ("alpaca", 1.0), "standard_error": ("alpaca_se", 1.0)}  # both in points already
     input_name = "instructions"
+
+    @classmethod
+    def prepare(cls, ctx, inputs):
+        """The instructions with the baseline's outputs (the toy world's, with its text-davinci-003
+        stand-in's answers; or AlpacaEval's eval set), and ``eval.alpaca_rejudge``'s archived
+        outputs. Always prepared: re-judging archived outputs needs them."""
+        from . import alpaca_eval as ae
+
+        cfg = ctx.cfg
+        if cfg.alpaca_eval_set == "toy":
+            from ..config import N_ALPACA_MAX, ConfigError
+            from ..toyworld import shared_world, toy_agent
+            from ..toyworld.world import spec_key
+
+            if cfg.n_alpaca > N_ALPACA_MAX:
+                raise ConfigError(f"eval.n_alpaca: the toy AlpacaEval has at most {N_ALPACA_MAX} instructions "
+                                  f"(the ones training data is kept clean of), got {cfg.n_alpaca}")
+            world = shared_world(ctx.world)
+            tasks = world.alpaca_tasks(cfg.n_alpaca)
+            inputs["toy_specs"] = inputs.get("toy_specs", []) + [
+                {"benchmark": "alpaca_eval", "instruction": t.turns[0], "spec": spec_key(t)} for t in tasks]
+            ref = toy_agent(world, "reference", seed=0).respond_many([[{"role": "user", "content": t.turns[0]}] for t in tasks])
+            inputs["alpaca"] = [{"instruction": t.turns[0], "output": o, "generator": "toy_reference (text-davinci-003 stand-in)",
+                                 "dataset": f"toy/{t.category}"} for t, o in zip(tasks, ref)]
+        elif cfg.alpaca_eval_set == ae.BASELINE_SOURCE["hub_id"]:
+            inputs["alpaca"], inputs["alpaca_baseline"] = ae.load_baseline(cfg.alpaca_eval_set, cfg.alpaca_eval_revision or None)
+        else:  # a local file or URL; alpaca_eval's later davinci outputs are refused (BaselineError)
+            inputs["alpaca"], inputs["alpaca_baseline"] = ae.load_baseline(_fetch(ctx, cfg.alpaca_eval_set))
+        if cfg.alpaca_rejudge:
+            inputs["alpaca_archived"] = ae.load_model_outputs(_fetch(ctx, cfg.alpaca_rejudge), inputs["alpaca"])
 
     def generate(self, agent, model_id, out):
         from . import alpaca_eval as ae
@@ -207,9 +286,6 @@ class AlpacaEval(Benchmark):
     def score(self, metrics, model_id, out):
         return metrics
 
-    def summary(self, metrics):
-        return {"AlpacaEval %": metrics["win_rate"], "± se": metrics["standard_error"]}
-
     @staticmethod
     def per_item(folder):
         out = {}
@@ -225,9 +301,23 @@ class Leaderboard(Benchmark):
     or the real tasks with the leaderboard's settings)."""
 
     name, title = "leaderboard", "Open LLM Leaderboard"
-    columns = {"arc": ("ARC", 100.0), "hellaswag": ("HellaSwag", 100.0), "mmlu": ("MMLU", 100.0),
-               "truthfulqa_mc2": ("TruthfulQA", 100.0)}
+    columns = {"arc": ("arc", 100), "hellaswag": ("hellaswag", 100), "mmlu": ("mmlu", 100),
+               "truthfulqa_mc2": ("truthfulqa_mc2", 100)}  # accuracies -> percent
     needs_weights, judged = True, False
+
+    @classmethod
+    def prepare(cls, ctx, inputs):
+        """The toy leaderboard's tasks (lm-eval YAMLs with their data) and chance levels, when the
+        run names the leaderboard and its tasks are the toy world's (the paper's are lm-eval's own)."""
+        cfg = ctx.cfg
+        if cls.name not in cfg.benchmarks or cfg.leaderboard_tasks != "toy":
+            return
+        from ..toyworld import shared_world
+        from ..toyworld.benchmarks import chance_levels, leaderboard_rows
+
+        rows = leaderboard_rows(shared_world(ctx.world), cfg.n_leaderboard, seed=cfg.seed)
+        inputs["leaderboard_tasks"] = _toy_leaderboard_tasks(ctx, rows)
+        inputs["leaderboard_chance"] = chance_levels(rows)
 
     def generate(self, agent, model_id, out):
         from . import leaderboard as lb
@@ -260,6 +350,43 @@ class Leaderboard(Benchmark):
                 "chance": self.inputs.get("leaderboard_chance"),
                 "truthfulqa_mc2": flat[f"{tasks['truthfulqa_mc2']}/acc"],
                 "truthfulqa_mc2_stderr": flat.get(f"{tasks['truthfulqa_mc2']}/acc_stderr"), "raw": flat}
+
+
+def _fetch(ctx, source: str) -> Path:
+    """A local path, or a public URL downloaded once into the profile's downloads folder."""
+    from ..io import fetch
+
+    return fetch(source, ctx.root / ctx.profile.name / "downloads")
+
+
+def _toy_leaderboard_tasks(ctx, rows):
+    """The toy leaderboard tasks as lm-eval task YAMLs with their jsonl data, written once into a
+    content-addressed folder (lm-eval needs absolute data paths: they must outlive this run's partial folder)."""
+    from ..config import config_hash
+    from . import leaderboard as lb
+
+    task_dir = ctx.root / ctx.profile.name / "eval_cache" / "leaderboard_tasks" / config_hash(rows)
+    tasks = {"arc": "toy_arc", "hellaswag": "toy_hellaswag", "truthfulqa_mc2": "toy_truthfulqa_mc2"}
+    mmlu_names = [f"toy_mmlu_{s}" for s in rows["mmlu"]]
+    if not (task_dir / "complete").exists():
+        tmp = task_dir.with_name(f".tmp-{task_dir.name}-{os.getpid()}")
+        shutil.rmtree(tmp, ignore_errors=True)
+        lb.write_mc_task(tmp, "toy_arc", rows["arc"], "arc", fewshot_rows=rows["fewshot"]["arc"])
+        lb.write_mc_task(tmp, "toy_hellaswag", rows["hellaswag"], "hellaswag", fewshot_rows=rows["fewshot"]["hellaswag"])
+        lb.write_mc_task(tmp, "toy_truthfulqa_mc2", rows["truthfulqa_mc2"], "truthfulqa_mc2")
+        mmlu_names = lb.write_mmlu_tasks(tmp, rows["mmlu"], rows["mmlu_dev"], prefix="toy_mmlu",
+                                         kind="mmlu_continuation")
+        # the YAMLs hold absolute data paths: point them at the final folder before it takes its name
+        for y in tmp.rglob("*.yaml"):
+            y.write_text(y.read_text().replace(str(tmp), str(task_dir)))
+        (tmp / "complete").write_text("\n".join(mmlu_names) + "\n")
+        task_dir.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            os.replace(tmp, task_dir)
+        except OSError:  # another process finished it first
+            shutil.rmtree(tmp, ignore_errors=True)
+    mmlu_names = (task_dir / "complete").read_text().split()
+    return task_dir, {**tasks, "mmlu": mmlu_names}
 
 
 BENCHMARKS: dict[str, type[Benchmark]] = {b.name: b for b in (MTBench, AlpacaEval, Leaderboard)}

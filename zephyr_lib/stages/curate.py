@@ -10,11 +10,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..config import ConfigError, StageConfig, endpoint, opt
+from ..config import N_ALPACA_MAX, ConfigError, StageConfig, endpoint, opt  # noqa: F401 (N_ALPACA_MAX: aif, training)
 from ..io import write_json, write_jsonl
 from ..stage import Stage
-
-N_ALPACA_MAX = 200  # training prompts exclude every prompt (and paraphrase) any toy benchmark can ask: eval.n_alpaca <= this
 
 
 @dataclass(frozen=True)
@@ -46,7 +44,7 @@ class CurateConfig(StageConfig):
 
 def build(ctx, out: Path) -> dict:
     from .. import curate as cur
-    from ..toyworld import shared_world, make_agent, write_dialogues
+    from ..toyworld import shared_world, toy_agent, write_dialogues
 
     cfg = ctx.cfg
     phrases = tuple(cfg.boilerplate_phrases) or cur.DEFAULT_PHRASES
@@ -59,7 +57,7 @@ def build(ctx, out: Path) -> dict:
         world = shared_world(ctx.world)
         tasks = world.tasks(cfg.n_dialogues, seed=cfg.seed, followups=cfg.max_followups,
                             exclude=world.eval_prompts(N_ALPACA_MAX), prefix="uc")
-        dialogues = write_dialogues(world, make_agent(world, "teacher", seed=cfg.seed), tasks)
+        dialogues = write_dialogues(world, toy_agent(world, "teacher", seed=cfg.seed), tasks)
         raw = [cur.to_raw_ultrachat(t.id, d) for t, d in zip(tasks, dialogues)]
         from ..toyworld.world import spec_key
         write_jsonl(out / "toy_specs.jsonl", [{"id": t.id, "spec": spec_key(t)} for t in tasks])  # what each first turn asks

@@ -57,82 +57,12 @@ class EvalConfig(StageConfig):
 
 
 def eval_inputs(ctx) -> dict:
-    """Questions, judge prompts, references and instruction sets for this run's benchmarks."""
-    from ..evals import alpaca_eval as ae
-    from ..evals import mt_bench as mt
-    from ..evals.toy_prompts import toy_judge_prompts
-    from ..io import fetch
-    from ..toyworld import shared_world, make_agent
-
-    cfg, world = ctx.cfg, shared_world(ctx.world)
-    cache = ctx.root / ctx.profile.name / "downloads"
-    get = lambda src: fetch(src, cache)  # noqa: E731 - local path, or a public URL downloaded once
-    out: dict = {}
-    if cfg.mt_bench_questions == "toy":
-        tasks = world.mt_bench_tasks()
-        out["mt_questions"] = [{"question_id": int(t.id), "category": t.category, "turns": t.turns} for t in tasks]
-        from ..toyworld.world import spec_key
-        out["toy_specs"] = [{"benchmark": "mt_bench", "instruction": t.turns[0], "spec": spec_key(t)} for t in tasks]
-        out["mt_references"] = {int(t.id): mt.answer_record(int(t.id), "toy-oracle", [world.answer(s) for s in t.specs])
-                                for t in tasks if t.category in mt.NEED_REF_CATS}
-    else:
-        out["mt_questions"] = mt.load_questions(get(cfg.mt_bench_questions))
-        out["mt_references"] = mt.load_reference_answers(get(cfg.mt_bench_references)) if cfg.mt_bench_references else None
-    out["judge_prompts"] = mt.load_judge_prompts(get(cfg.judge_prompts)) if cfg.judge_prompts else toy_judge_prompts()
-    if cfg.alpaca_eval_set == "toy":
-        from .curate import N_ALPACA_MAX
-        if cfg.n_alpaca > N_ALPACA_MAX:
-            from ..config import ConfigError
-            raise ConfigError(f"eval.n_alpaca: the toy AlpacaEval has at most {N_ALPACA_MAX} instructions "
-                              f"(the ones training data is kept clean of), got {cfg.n_alpaca}")
-        tasks = world.alpaca_tasks(cfg.n_alpaca)
-        from ..toyworld.world import spec_key
-        out["toy_specs"] = out.get("toy_specs", []) + [{"benchmark": "alpaca_eval", "instruction": t.turns[0], "spec": spec_key(t)} for t in tasks]
-        ref = make_agent(world, "reference", seed=0).respond_many([[{"role": "user", "content": t.turns[0]}] for t in tasks])
-        out["alpaca"] = [{"instruction": t.turns[0], "output": o, "generator": "toy_reference (text-davinci-003 stand-in)",
-                          "dataset": f"toy/{t.category}"} for t, o in zip(tasks, ref)]
-    elif cfg.alpaca_eval_set == ae.BASELINE_SOURCE["hub_id"]:
-        out["alpaca"], out["alpaca_baseline"] = ae.load_baseline(cfg.alpaca_eval_set, cfg.alpaca_eval_revision or None)
-    else:  # a local file or URL; alpaca_eval's later davinci outputs are refused (BaselineError)
-        out["alpaca"], out["alpaca_baseline"] = ae.load_baseline(get(cfg.alpaca_eval_set))
-    if cfg.alpaca_rejudge:
-        out["alpaca_archived"] = ae.load_model_outputs(get(cfg.alpaca_rejudge), out["alpaca"])
-    if "leaderboard" in cfg.benchmarks and cfg.leaderboard_tasks == "toy":
-        from ..toyworld.benchmarks import chance_levels, leaderboard_rows
-
-        rows = leaderboard_rows(world, cfg.n_leaderboard, seed=cfg.seed)
-        out["leaderboard_tasks"] = _toy_leaderboard_tasks(ctx, rows)
-        out["leaderboard_chance"] = chance_levels(rows)
-    return out
-
-
-def _toy_leaderboard_tasks(ctx, rows):
-    """The toy leaderboard tasks as lm-eval task YAMLs with their jsonl data, written once into a
-    content-addressed folder (lm-eval needs absolute data paths: they must outlive this run's partial folder)."""
-    from ..evals import leaderboard as lb
-
-    task_dir = ctx.root / ctx.profile.name / "eval_cache" / "leaderboard_tasks" / config_hash(rows)
-    tasks = {"arc": "toy_arc", "hellaswag": "toy_hellaswag", "truthfulqa_mc2": "toy_truthfulqa_mc2"}
-    mmlu_names = [f"toy_mmlu_{s}" for s in rows["mmlu"]]
-    if not (task_dir / "complete").exists():
-        tmp = task_dir.with_name(f".tmp-{task_dir.name}-{os.getpid()}")
-        shutil.rmtree(tmp, ignore_errors=True)
-        lb.write_mc_task(tmp, "toy_arc", rows["arc"], "arc", fewshot_rows=rows["fewshot"]["arc"])
-        lb.write_mc_task(tmp, "toy_hellaswag", rows["hellaswag"], "hellaswag", fewshot_rows=rows["fewshot"]["hellaswag"])
-        lb.write_mc_task(tmp, "toy_truthfulqa_mc2", rows["truthfulqa_mc2"], "truthfulqa_mc2")
-        mmlu_names = lb.write_mmlu_tasks(tmp, rows["mmlu"], rows["mmlu_dev"], prefix="toy_mmlu",
-                                         kind="mmlu_continuation")
-        # the YAMLs hold absolute data paths: point them at the final folder before it takes its name
-        for y in tmp.rglob("*.yaml"):
-            y.write_text(y.read_text().replace(str(tmp), str(task_dir)))
-        (tmp / "complete").write_text("\n".join(mmlu_names) + "\n")
-        task_dir.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            os.replace(tmp, task_dir)
-        except OSError:  # another process finished it first
-            shutil.rmtree(tmp, ignore_errors=True)
-    mmlu_names = (task_dir / "complete").read_text().split()
-    return task_dir, {**tasks, "mmlu": mmlu_names}
+    """Questions, judge prompts, references and instruction sets for this run's benchmarks: each
+    benchmark of :data:`BENCHMARKS` adds its own (:meth:`Benchmark.prepare`), in the registry's order."""
+    inputs: dict = {}
+    for bench in BENCHMARKS.values():
+        bench.prepare(ctx, inputs)
+    return inputs
 
 
 def model_key(ctx, name: str) -> dict:
@@ -156,7 +86,7 @@ def anchor_path(source: str, revision: str) -> str:
 def build(ctx, out: Path) -> dict:
     """Every benchmark for every model: from the per-model cache when it has the result, else run."""
     from .. import modeling
-    from ..agents import judge_for, make_agent
+    from ..agents import WeightsOnly, judge_for, make_agent
     from ..vllm_backend import available as vllm_available
     from ..vllm_backend import generation_agent, memory_plan, release
 
@@ -215,9 +145,8 @@ def build(ctx, out: Path) -> dict:
                 weights = anchor_path(*anchor) if anchor else None
             folder.mkdir(parents=True, exist_ok=True)
             if bench.needs_weights:  # lm-eval loads the weights itself: no generation model is built for it
-                from types import SimpleNamespace
                 path = weights if anchor else ctx.resolve(name)
-                res[bench.name] = bench.run(SimpleNamespace(path=path, name=name), model_id, judge, folder)
+                res[bench.name] = bench.run(WeightsOnly(name, path), model_id, judge, folder)
             else:
                 if agent is None:
                     agent = (generation_agent(weights, name=name, batch_size=cfg.batch_size, seed=cfg.seed,

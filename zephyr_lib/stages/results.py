@@ -141,17 +141,11 @@ def build(ctx, out: Path) -> dict:
     have = lambda m, b: m in em and b in em[m]  # noqa: E731
     items = lambda m, b: BENCHMARKS[b].per_item(ev.dir / m / b)  # noqa: E731
 
-    def row(name: str) -> dict:
+    def row(name: str) -> dict:  # one model's columns: each benchmark's Benchmark.summary, in BENCHMARKS order
         r: dict = {"model": name}
-        if have(name, "mt_bench"):
-            b = em[name]["mt_bench"]
-            r.update({"mt_bench": b["overall"], "mt_lo": b["ci95"][0], "mt_hi": b["ci95"][1]})
-        if have(name, "alpaca_eval"):
-            b = em[name]["alpaca_eval"]
-            r.update({"alpaca": b["win_rate"], "alpaca_se": b["standard_error"]})
-        if have(name, "leaderboard"):
-            b = em[name]["leaderboard"]
-            r.update({k: 100 * b[k] for k in ("arc", "hellaswag", "mmlu", "truthfulqa_mc2")})
+        for bench in BENCHMARKS.values():
+            if have(name, bench.name):
+                r.update(bench.summary(em[name][bench.name]))
         return r
 
     def diff(a: str, b: str, bench: str) -> dict | None:

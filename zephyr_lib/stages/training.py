@@ -102,6 +102,7 @@ def held_out_before_after(ctx, init, trained: Path, seed: int, prefix: str, n: i
     every benchmark): per-prompt rows, and per model the judge stand-in's mean score, the rate of
     answers that end with eos, and the α/β defect rates."""
     from .. import curate as cur
+    from ..agent import Agent
     from ..generate import ModelAgent
     from ..toyworld import shared_world, assess
     from ..toyworld.checker import depth_and_format
@@ -113,8 +114,9 @@ def held_out_before_after(ctx, init, trained: Path, seed: int, prefix: str, n: i
     rows = [{"prompt": c[0]["content"], "category": t.category} for c, t in zip(convs, probe)]
     metrics = {}
     for who, path in (("init", init), ("model", trained)):
-        answers, stopped = ModelAgent(path, name=who).respond_many(convs, max_new_tokens=96, return_stopped=True,
-                                                                  desc=f"held-out answers ({who})")
+        agent: Agent = ModelAgent(path, name=who)
+        answers, stopped = agent.respond_many(convs, max_new_tokens=96, return_stopped=True,
+                                              desc=f"held-out answers ({who})")
         verdicts = [assess(world, t.specs[0], a) for t, a in zip(probe, answers)]
         looks = [depth_and_format(world, t.specs[0], a, first_turn=True) for t, a in zip(probe, answers)]
         scores = [v.score10() for v in verdicts]

@@ -8,7 +8,7 @@
 
 Nothing here is a language model. It exists so the whole paper can run offline on a 2-core CPU.
 """
-from .agents import Agent, agent_profiles, make_agent, write_dialogues  # noqa: F401
+from .agents import ToyAgent, agent_profiles, toy_agent, write_dialogues  # noqa: F401
 from .checker import Assessment, assess  # noqa: F401
 from .world import CATEGORIES, Task, World  # noqa: F401
 

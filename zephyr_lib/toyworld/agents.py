@@ -8,13 +8,15 @@ the GPT-3.5 stand-in also differs from the GPT-4 stand-in where the judge can se
 further true fact (an *informative* answer) less often, and it has prompt-dependent format
 habits on two named first-turn constraints (:meth:`World.format_miss`), not a per-answer coin.
 Defects are decided per (agent, task, turn) from a hash, so answers do not depend on batch
-order. Agents and trained models share one interface: ``respond_many(conversations) -> texts``.
+order. Toy agents and trained models share one protocol (:class:`zephyr_lib.agent.Agent`); the
+one factory is :func:`zephyr_lib.agents.make_agent`, which builds toy agents with :func:`toy_agent`.
 """
 from __future__ import annotations
 
 import hashlib
 import random
 from dataclasses import dataclass
+from typing import Sequence
 
 from ..config import WorldConfig
 from .world import World
@@ -77,8 +79,12 @@ def _lower_starts(text: str) -> str:
     return "".join(out)
 
 
-class Agent:
-    """A programmatic answerer with a defect profile (see module docstring)."""
+class ToyAgent:
+    """A programmatic answerer with a defect profile (see module docstring); an
+    :class:`zephyr_lib.agent.Agent`. It has no weights (``path`` is None) and always finishes its
+    answers (``stopped`` is all True); it does not sample, so the decoding settings do not apply."""
+
+    path = None
 
     def __init__(self, world: World, name: str, profile: Profile, seed: int = 0):
         self.world, self.name, self.p, self.seed = world, name, profile, seed
@@ -115,18 +121,23 @@ class Agent:
             text = _lower_starts(text)
         return text
 
-    def respond_many(self, conversations: list[list[dict]], **_: object) -> list[str]:
-        return [self.respond(c) for c in conversations]
+    def respond_many(self, conversations: Sequence[list[dict]], *, max_new_tokens: int = 128,
+                     temperature: float = 0.0, temperatures: Sequence[float] | None = None, top_p: float = 1.0,
+                     desc: str | bool | None = None, return_stopped: bool = False):
+        texts = [self.respond(c) for c in conversations]
+        return (texts, [True] * len(texts)) if return_stopped else texts
 
 
-def make_agent(world: World, name: str, seed: int = 0) -> Agent:
+def toy_agent(world: World, name: str, seed: int = 0) -> ToyAgent:
+    """The toy world's programmatic answerer ``name`` (a key of :func:`agent_profiles`); stages
+    ask :func:`zephyr_lib.agents.make_agent`, which calls this for toy names."""
     profiles = agent_profiles(world.cfg)
     if name not in profiles:
         raise KeyError(f"unknown toy agent {name!r}; agents: {', '.join(profiles)}")
-    return Agent(world, name, profiles[name], seed)
+    return ToyAgent(world, name, profiles[name], seed)
 
 
-def write_dialogues(world: World, agent: Agent, tasks) -> list[list[dict]]:
+def write_dialogues(world: World, agent: ToyAgent, tasks) -> list[list[dict]]:
     """UltraChat's loop: the agent answers each turn with its own previous answers in context."""
     out = []
     for task in tasks:
