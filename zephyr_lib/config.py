@@ -180,6 +180,8 @@ TOY_AGENTS = ("teacher", "teacher_strong", "reference")  # toy-world programs th
 # The toy judge's version: part of the hash of every run it grades (aif, eval), so changing how it
 # grades reruns them instead of reusing stale verdicts (its cache is keyed by this name too).
 TOY_JUDGE_VERSION = "toy-judge-v3"
+# the `attn_implementation` setting of the stages that load models (modeling.resolve_attn_implementation)
+ATTN_IMPLEMENTATIONS = ("auto", "sdpa", "flash_attention_2", "eager")
 
 
 # --------------------------------------------------------------------------------------------

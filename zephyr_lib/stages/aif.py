@@ -16,7 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..config import ConfigError, StageConfig, endpoint, opt, ref, refs
+from ..config import ATTN_IMPLEMENTATIONS, ConfigError, StageConfig, endpoint, opt, ref, refs
 from ..io import write_json, write_jsonl
 from ..stage import Stage
 
@@ -45,6 +45,7 @@ class AIFConfig(StageConfig):
     max_new_tokens: int = opt(96, "Generation length for model pool members.", ge=1)
     temperature: float = opt(1.0, "Sampling temperature for model pool members (UltraFeedback: 1.0, top_p 1.0).", ge=0)
     batch_size: int = opt(32, "Prompts per generation batch for model pool members.", ge=1)
+    attn_implementation: str = opt("auto", "Attention kernel of model pool members generating with transformers: auto = flash_attention_2 where the flash_attn package is importable and a GPU is visible, else sdpa; or sdpa, flash_attention_2, eager. metrics.json records the one used.", choices=ATTN_IMPLEMENTATIONS, hash_omit_default=True)
     judge: str = endpoint("toy", "Endpoint that rates the answers (the paper: GPT-4).")
     judge_failure_budget: float = opt(0.0, "Share of prompts allowed to be lost to failed or unusable (unparsable) judgments or pool answers before the run counts as incomplete; 0 = any loss stops it (resumable: the cache keeps every answer). A budget above 0 is shown on the page.", ge=0, lt=1, hash_omit_default=True)
     templates: str = opt("", "Rating prompts: '' = the paraphrase the toy judge reads; a path or URL of UltraFeedback's preference_templates.py = the originals (read as text, never executed), with annotate_critique.py and main.py (the completion principles) taken from beside it.", hash_omit_default=True)
@@ -105,7 +106,8 @@ def _annotate(ctx, prompts: list[dict], out: Path) -> dict:
     cfg = ctx.cfg
     templates, principles = _original_prompts(ctx) if cfg.templates else (None, None)
     aliases = {"policy": cfg.policy, "base": cfg.base}
-    agents = {name: make_agent(ctx, name, seed=cfg.seed, refs=aliases, batch_size=cfg.batch_size)
+    agents = {name: make_agent(ctx, name, seed=cfg.seed, refs=aliases, batch_size=cfg.batch_size,
+                               attn_implementation=cfg.attn_implementation)
               for name in [*cfg.pool, *cfg.zoo]}
     rows, pool_stats = P.complete_pool(agents, prompts, per_prompt=cfg.completions_per_prompt, seed=cfg.seed,
                                        max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
@@ -122,6 +124,9 @@ def _annotate(ctx, prompts: list[dict], out: Path) -> dict:
     extra = {"source": cfg.source, "n_prompts": len(prompts),
              "n_pool_failed_prompts": pool_stats["n_dropped"], "n_judge_failed_prompts": rate_stats["n_dropped"],
              "judge": judge.backend.name, "judge_stats": judge.stats.as_dict(), "judge_failures": failures}
+    attention = {n: a.attn_implementation for n, a in agents.items() if getattr(a, "attn_implementation", None)}
+    if attention:  # the model pool members: the attention kernel each generated with
+        extra["attn_implementation"] = attention
     return _binarize_and_save(cfg, raw_rows, out, extra)
 
 
