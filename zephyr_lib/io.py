@@ -122,7 +122,7 @@ class RowAudit:
     would mean never running on it, letting them through would train on them. ``keep(check, row,
     where)`` runs a validator that raises :class:`DataError` (``where`` names the file and row, the
     message the field) and says whether the row is kept; a bad row is counted under its kind (the
-    message without the row and the offending value, row indices generalised: ``field
+    message without the row and the offending values, list indices generalised: ``field
     'messages[].role' should be one of ...``) with the first few rows of each kind.
     :meth:`finish` raises a one-line DataError when the share of bad rows exceeds
     ``max_fraction`` (0 = any bad row), naming the source, the first bad row and its field and the
@@ -140,7 +140,7 @@ class RowAudit:
     def kind_of(message: str, where: str) -> str:
         text = message[len(where) + 2:] if message.startswith(f"{where}: ") else message
         text = re.split(r",? (?:got|has) ", text, maxsplit=1)[0]
-        return re.sub(r"\[\d+\]", "[]", text)
+        return re.sub(r" \(-?[\d.]+(?:e[+-]?\d+)?\)", "", re.sub(r"\[\d+\]", "[]", text))  # values: one kind
 
     def keep(self, check, row: Any, where: str) -> bool:
         self.n_rows += 1
