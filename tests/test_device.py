@@ -37,6 +37,65 @@ def test_load_model_moves_the_model_to_the_configured_device(tiny_base, monkeypa
         modeling.load_model(tiny_base, device="cuda", setting="sft.probe_device")
 
 
+def _flash_attn_installed(monkeypatch, installed: bool) -> None:
+    """Make the flash_attn package look installed (or not) to modeling.resolve_attn_implementation."""
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a, **k: (object() if installed else None) if name == "flash_attn" else real(name, *a, **k))
+
+
+def test_attention_setting_is_sdpa_here_and_flash_attention_2_only_where_installed(tiny_base, monkeypatch):
+    import importlib.util
+
+    here = importlib.util.find_spec("flash_attn") is not None and torch.cuda.is_available()
+    assert modeling.resolve_attn_implementation("auto") == ("flash_attention_2" if here else "sdpa")
+    model, _ = modeling.load_model(tiny_base, device="cpu")  # the default: auto
+    assert model.config._attn_implementation == ("flash_attention_2" if here else "sdpa")
+    agent = ModelAgent(tiny_base, device="cpu", attn_implementation="eager")
+    assert agent.attn_implementation == agent.model.config._attn_implementation == "eager"
+    with pytest.raises(ValueError, match=r"^eval.attn_implementation='flash': expected one of \('auto', 'sdpa', "):
+        modeling.resolve_attn_implementation("flash", "eval.attn_implementation")
+    # auto: flash_attention_2 only with the package AND a GPU
+    _flash_attn_installed(monkeypatch, True)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert modeling.resolve_attn_implementation("auto") == "flash_attention_2"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert modeling.resolve_attn_implementation("auto") == "sdpa"
+    with pytest.raises(ValueError, match=r"^dpo.attn_implementation='flash_attention_2': no CUDA device is visible"):
+        modeling.resolve_attn_implementation("flash_attention_2", "dpo.attn_implementation")
+    # asked for explicitly without the package: one line naming the setting, never a fall-back
+    _flash_attn_installed(monkeypatch, False)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert modeling.resolve_attn_implementation("auto") == "sdpa"
+    with pytest.raises(ValueError) as err:
+        modeling.resolve_attn_implementation("flash_attention_2", "sft.attn_implementation")
+    assert str(err.value).startswith("sft.attn_implementation='flash_attention_2': the flash_attn package is not "
+                                     "importable here") and "\n" not in str(err.value)
+    with pytest.raises(ValueError, match=r"^attn_implementation='flash_attention_2': the flash_attn package"):
+        ModelAgent(tiny_base, device="cpu", attn_implementation="flash_attention_2")
+
+
+def test_training_refuses_flash_attention_2_without_the_package_before_loading_anything(tiny_base, tmp_path, monkeypatch):
+    from zephyr_lib import dpo, sft
+    from zephyr_lib.config import ConfigError, build, hashed_config
+    from zephyr_lib.stages.dpo import DPOConfig
+    from zephyr_lib.stages.sft import SFTConfig
+
+    _flash_attn_installed(monkeypatch, False)
+    missing = tmp_path / "no-data"  # never read: the setting is checked first
+    with pytest.raises(ValueError, match=r"^sft.attn_implementation='flash_attention_2': the flash_attn package"):
+        sft.train(SFTConfig(attn_implementation="flash_attention_2"), tiny_base, missing, tmp_path / "sft")
+    with pytest.raises(ValueError, match=r"^dpo.attn_implementation='flash_attention_2': the flash_attn package"):
+        dpo.train(DPOConfig(attn_implementation="flash_attention_2"), tiny_base, missing, tmp_path / "dpo")
+    with pytest.raises(ConfigError, match=r"^sft: attn_implementation must be one of auto, sdpa, flash_attention_2, eager"):
+        build(SFTConfig, {"attn_implementation": "flash2"}, "sft")
+    # the default keeps every earlier run's hash; another value is part of the hash
+    assert "attn_implementation" not in hashed_config(SFTConfig())
+    assert hashed_config(SFTConfig(attn_implementation="sdpa"))["attn_implementation"] == "sdpa"
+
+
 def test_generation_inputs_follow_the_models_device(tiny_base):
     """chat_generate moves the tokenized batch to model.device (here a meta-free CPU model whose
     .device is checked on every generate call)."""

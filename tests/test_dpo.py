@@ -283,6 +283,8 @@ def test_train_two_epochs(assets):
     elapsed = time.time() - t0
     assert res.metrics["n_train"] == 24 and res.metrics["n_test"] == 8 and res.metrics["global_batch_size"] == 4
     assert res.metrics["steps"] == 12  # 24 pairs / 4 per step × 2 epochs
+    # the attention setting's kernel (auto = sdpa on CPU), per-sequence during padding-free training
+    assert res.metrics["attn_implementation"] == "sdpa" and res.metrics["train_attention"] == modeling.DOCUMENT_ATTENTION
     for name in ("epoch-1", "epoch-2", "model"):
         m = AutoModelForCausalLM.from_pretrained(out / name)
         assert m.config.hidden_size == 32

@@ -484,3 +484,55 @@ def test_load_binarized_fixture_and_malformed_rows(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(DataError, match="no save_to_disk dataset"):
         load_binarized(tmp_path / "empty")
+
+
+def _raw_with_two_bad_rows(tmp_path) -> Path:
+    """12 openbmb/UltraFeedback rows (the fixture's 4, three times, re-worded): row 3 has a rating
+    outside "1".."5"/"N/A", row 9 a completion without its critique."""
+    rows = [{**copy.deepcopy(r), "instruction": f"{r['instruction']} ({k})"}
+            for k in range(3) for r in load_raw_ultrafeedback(RAW)]
+    rows[3]["completions"][0]["annotations"]["honesty"]["Rating"] = "five"
+    del rows[9]["completions"][2]["critique"]
+    write_jsonl(tmp_path / "uf.jsonl", rows)
+    return tmp_path / "uf.jsonl"
+
+
+def test_raw_loader_drops_and_counts_a_few_malformed_rows_and_stops_over_the_threshold(tmp_path):
+    from zephyr_lib.feedback import RATING_VALUES
+
+    f = _raw_with_two_bad_rows(tmp_path)
+    report: dict = {}
+    rows = load_raw_ultrafeedback(f, max_bad_row_fraction=0.2, report=report)
+    assert len(rows) == 10 and all(r["instruction"] not in {"", None} for r in rows)
+    assert report == {"train": {"n_rows": 12, "n_dropped": 2, "max_bad_row_fraction": 0.2, "kinds": {
+        f"completions[].annotations.honesty: field 'Rating' should be one of {list(RATING_VALUES)}":
+            {"count": 1, "rows": [f"{f} row 3"]},
+        "completions[]: missing field 'critique'": {"count": 1, "rows": [f"{f} row 9"]}}}}
+    assert all(c["annotations"]["honesty"]["Rating"] != "five" and "critique" in c for r in rows for c in r["completions"])
+    with pytest.raises(DataError) as err:
+        load_raw_ultrafeedback(f, max_bad_row_fraction=0.1)
+    msg = str(err.value)
+    assert "\n" not in msg and msg.startswith(
+        f"{f}: 2 of 12 rows malformed (16.667%, over max_bad_row_fraction=0.1); first: {f} row 3: "
+        "completions[0].annotations.honesty: field 'Rating' should be one of")
+    # the aif stage's setting: 0.1% by default, outside the run hash while it is
+    from zephyr_lib.config import hashed_config
+    from zephyr_lib.stages.aif import AIFConfig
+    assert AIFConfig().max_bad_row_fraction == 0.001 and "max_bad_row_fraction" not in hashed_config(AIFConfig())
+
+
+def test_binarized_loader_drops_and_counts_malformed_rows_per_split_and_stops_over_the_threshold(tmp_path):
+    shutil.copytree(BIN, tmp_path / "bin")
+    f = tmp_path / "bin" / "data" / "train_prefs-00000-of-00001.jsonl"
+    rows = [json.loads(line) for line in f.read_text().splitlines()]
+    rows[1]["score_rejected"] = 99.0  # above score_chosen
+    write_jsonl(f, rows)
+    report: dict = {}
+    dsd = load_binarized(tmp_path / "bin", max_bad_row_fraction=0.5, report=report)
+    assert len(dsd["train_prefs"]) == 2 and 99.0 not in dsd["train_prefs"]["score_rejected"]
+    assert report["train_prefs"]["kinds"] == {"field 'score_chosen' is below 'score_rejected'": {
+        "count": 1, "rows": [f"{tmp_path / 'bin'}[train_prefs] row 1"]}}
+    assert report["test_prefs"] == {"n_rows": 2, "n_dropped": 0, "max_bad_row_fraction": 0.5, "kinds": {}}
+    with pytest.raises(DataError, match=r"^.*train_prefs-00000-of-00001\.jsonl: 1 of 3 rows malformed \(33\.333%, over "
+                                        r"max_bad_row_fraction=0\.2\); first: .*\[train_prefs\] row 1: field 'score_chosen'"):
+        load_binarized(tmp_path / "bin", max_bad_row_fraction=0.2)

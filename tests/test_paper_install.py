@@ -1,6 +1,7 @@
-"""The paper-scale install: requirements-paper.txt and the `paper` extra of pyproject.toml agree,
-pin exact versions, and stay out of requirements.txt (the CPU/toy install); the SLURM example
-starts the one node command on every node."""
+"""The paper-scale install: the `paper` extra of pyproject.toml is requirements.txt plus
+requirements-paper.txt, pin for pin (so `pip install -e '.[paper]'` installs torch, transformers
+and TRL too); the paper pins are exact and stay out of requirements.txt (the CPU/toy install); the
+SLURM example starts the one node command on every node."""
 from __future__ import annotations
 
 import re
@@ -18,9 +19,10 @@ def test_paper_extra_is_pinned_and_separate():
     paper = _pins("requirements-paper.txt")
     assert set(paper) == {"deepspeed", "peft", "bitsandbytes"} and all("==" in v for v in paper.values())
     extra = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["optional-dependencies"]["paper"]
-    assert sorted(extra) == sorted(paper.values())
     base = _pins("requirements.txt")
     assert not set(base) & (set(paper) | {"vllm", "flash-attn"})
+    assert sorted(extra) == sorted([*base.values(), *paper.values()]) and len(extra) == len(set(extra))
+    assert {"torch", "transformers", "trl", "datasets", "accelerate"} <= set(base)
     assert _pins("requirements-flash.txt") == {"flash-attn": "flash-attn==2.8.3.post2"}
     vllm = _pins("requirements-vllm.txt")
     assert vllm == {"vllm": "vllm==0.32.0"}

@@ -62,7 +62,8 @@ def judge_for(ctx, endpoint: str) -> Judge:
 
 
 def make_agent(ctx, name: str, *, batch_size: int = 32, seed: int = 0, refs: dict[str, str] | None = None,
-               device: str = "auto", gpu_memory_utilization: float | None = None) -> Agent:
+               device: str = "auto", gpu_memory_utilization: float | None = None,
+               attn_implementation: str = "auto") -> Agent:
     """The one agent factory: by name, a toy-world program ('teacher', 'teacher_sloppy', ...), an
     endpoint of the profile ('endpoint:gpt35'), or a trained model from a run reference ('sft',
     'dpo@2'). ``refs`` maps aliases (the aif pool's 'policy', 'base') to run references."""
@@ -77,7 +78,8 @@ def make_agent(ctx, name: str, *, batch_size: int = 32, seed: int = 0, refs: dic
         return OpenAIAgent(judge_for(ctx, name.split(":", 1)[1]), name)
     from .vllm_backend import generation_agent  # vLLM when installed and a GPU exists, else transformers
     vllm = {"gpu_memory_utilization": gpu_memory_utilization} if gpu_memory_utilization else {}
-    return generation_agent(ctx.resolve(name), name=name, batch_size=batch_size, seed=seed, device=device, **vllm)
+    return generation_agent(ctx.resolve(name), name=name, batch_size=batch_size, seed=seed, device=device,
+                            attn_implementation=attn_implementation, **vllm)
 
 
 @dataclass(frozen=True)

@@ -181,6 +181,8 @@ N_ALPACA_MAX = 200  # training prompts exclude every prompt (and paraphrase) any
 # The toy judge's version: part of the hash of every run it grades (aif, eval), so changing how it
 # grades reruns them instead of reusing stale verdicts (its cache is keyed by this name too).
 TOY_JUDGE_VERSION = "toy-judge-v3"
+# the `attn_implementation` setting of the stages that load models (modeling.resolve_attn_implementation)
+ATTN_IMPLEMENTATIONS = ("auto", "sdpa", "flash_attention_2", "eager")
 
 
 # --------------------------------------------------------------------------------------------

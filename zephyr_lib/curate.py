@@ -50,7 +50,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any, Collection, Iterable, Iterator, Sequence
 
-from .io import DataError, iter_jsonl_numbered, require, write_json
+from .io import DataError, RowAudit, iter_jsonl_numbered, require, write_json
 
 RAW_HUB_ID = "stingning/ultrachat"
 H4_HUB_ID = "HuggingFaceH4/ultrachat_200k"
@@ -623,7 +623,8 @@ def save_dataset(ds, path: str | os.PathLike) -> Path:
     return path
 
 
-def _read_200k_file(path: Path, kind: str | None, validate: bool):
+def _read_200k_file(path: Path, kind: str | None, audit: RowAudit | None):
+    """One file's rows as a Dataset; with ``audit``, malformed rows are dropped and counted there."""
     if path.suffix == ".parquet":
         import pyarrow.parquet as pq
 
@@ -633,9 +634,9 @@ def _read_200k_file(path: Path, kind: str | None, validate: bool):
         numbered = [(f"{path}:{n}", r) for n, r in iter_jsonl_numbered(path)]
     else:
         raise DataError(f"{path}: unsupported file type (expected .parquet or .jsonl)")
-    if validate:
-        for where, r in numbered:
-            validate_200k_row(r, where, kind=kind)
+    if audit is not None:
+        check = lambda r, where: validate_200k_row(r, where, kind=kind)  # noqa: E731
+        numbered = [(where, r) for where, r in numbered if audit.keep(check, r, where)]
     return _dataset([r for _, r in numbered])
 
 
@@ -643,8 +644,14 @@ def _kind(split: str | None) -> str | None:
     return "gen" if split and split.endswith("_gen") else "sft" if split and split.endswith("_sft") else None
 
 
+def _audited(ds, where: str, audit: RowAudit, **check):
+    """``ds`` without the rows :func:`validate_200k_row` refuses (each counted in ``audit``)."""
+    good = [i for i, r in enumerate(ds) if audit.keep(lambda row, w: validate_200k_row(row, w, **check), r, f"{where} row {i}")]
+    return ds if len(good) == len(ds) else ds.select(good)
+
+
 def load_ultrachat_200k(source: str | os.PathLike, split: str | None = None, revision: str | None = None,
-                        *, validate: bool = True):
+                        *, validate: bool = True, max_bad_row_fraction: float = 0.0, report: dict | None = None):
     """Load ultrachat_200k-schema data: a Dataset if ``split`` is given or the source is one file,
     else a DatasetDict.
 
@@ -654,34 +661,55 @@ def load_ultrachat_200k(source: str | os.PathLike, split: str | None = None, rev
     (:func:`validate_200k_row`; the split name ``*_sft`` / ``*_gen`` picks the last-turn rule).
     Hub rows are checked without the prompt_id == sha256(prompt) and last-turn rules, which are
     verified for H4's ultrafeedback_binarized but not for ultrachat_200k itself.
+
+    Malformed rows are dropped and counted per split (:class:`~zephyr_lib.io.RowAudit`); a split
+    whose share of them exceeds ``max_bad_row_fraction`` (0 = any) is a DataError naming the
+    file, the first bad row and its field. ``report``, if given, receives ``{split: counts}``.
     """
     import datasets
 
     src = str(source)
     path = Path(src)
+    audits: dict[str, RowAudit] = {}
+
+    def audit(name: str | None, where: str) -> RowAudit | None:
+        if not validate:
+            return None
+        return audits.setdefault(str(name), RowAudit(where, max_bad_row_fraction))
+
+    def done(ds):
+        for name, a in audits.items():
+            counts = a.finish()
+            if report is not None:
+                report[name] = counts
+        return ds
+
     if _is_hub_id(src):
         ds = datasets.load_dataset(src, split=split, revision=revision)
         if validate:
-            for name, d in ([(split, ds)] if split else ds.items()):
-                for i, r in enumerate(d):
-                    validate_200k_row(r, f"{src}[{name}] row {i}", kind=None, check_id=False)
-        return ds
+            if split:
+                ds = _audited(ds, f"{src}[{split}]", audit(split, f"{src}[{split}]"), kind=None, check_id=False)
+            else:
+                ds = datasets.DatasetDict({name: _audited(d, f"{src}[{name}]", audit(name, f"{src}[{name}]"),
+                                                          kind=None, check_id=False) for name, d in ds.items()})
+        return done(ds)
     if not path.exists():
         raise DataError(f"{path}: no such file or folder (nor a hub id like {H4_HUB_ID})")
     if path.is_file():
-        return _read_200k_file(path, _kind(split), validate)
+        return done(_read_200k_file(path, _kind(split), audit(split, str(path))))
     if (path / "dataset_dict.json").exists() or (path / "state.json").exists():
         ds = datasets.load_from_disk(str(path))
         if isinstance(ds, datasets.DatasetDict) and split is not None:
             if split not in ds:
                 raise DataError(f"{path}: no split {split!r} (has {sorted(ds)})")
             ds = ds[split]
-        parts = [(split, ds)] if isinstance(ds, datasets.Dataset) else list(ds.items())
         if validate:
-            for name, d in parts:
-                for i, r in enumerate(d):
-                    validate_200k_row(r, f"{path} [{name}] row {i}", kind=_kind(name))
-        return ds
+            if isinstance(ds, datasets.Dataset):
+                ds = _audited(ds, f"{path} [{split}]", audit(split, f"{path} [{split}]"), kind=_kind(split))
+            else:
+                ds = datasets.DatasetDict({name: _audited(d, f"{path} [{name}]", audit(name, f"{path} [{name}]"),
+                                                          kind=_kind(name)) for name, d in ds.items()})
+        return done(ds)
     folder = path / "data" if (path / "data").is_dir() else path
     files: dict[str, list[Path]] = {}
     for f in sorted(folder.iterdir()):
@@ -692,19 +720,22 @@ def load_ultrachat_200k(source: str | os.PathLike, split: str | None = None, rev
         raise DataError(f"{path}: no save_to_disk dataset and no <split>-*.parquet / <split>.jsonl files")
     if split is not None and split not in files:
         raise DataError(f"{path}: no split {split!r} (has {sorted(files)})")
-    loaded = {s: datasets.concatenate_datasets([_read_200k_file(f, _kind(s), validate) for f in fs])
+    loaded = {s: datasets.concatenate_datasets([_read_200k_file(f, _kind(s), audit(s, fs[0] if len(fs) == 1 else f"{folder} [{s}]"))
+                                                for f in fs])
               for s, fs in files.items() if split is None or s == split}
-    return loaded[split] if split is not None else datasets.DatasetDict(loaded)
+    return done(loaded[split] if split is not None else datasets.DatasetDict(loaded))
 
 
 def save_ultrachat_200k(source: str | os.PathLike, out_dir: str | os.PathLike, revision: str | None = None,
-                        *, name: str = "beta") -> dict:
+                        *, name: str = "beta", max_bad_row_fraction: float = 0.0) -> dict:
     """The paper's dSFT data as published: load ``HuggingFaceH4/ultrachat_200k`` (or a local copy in
     its layout; :func:`load_ultrachat_200k`, every row validated) and save its four splits as the
     curate run's ``<out_dir>/<name>`` DatasetDict, the folder sft reads (``curate/beta``). No
-    re-curation: the rows are H4's. Returns ``{"source", "revision", "splits": {split: rows}}``;
-    a missing split is a DataError naming the source."""
-    dsd = load_ultrachat_200k(source, revision=revision)
+    re-curation: the rows are H4's, less the malformed ones, dropped and counted (over
+    ``max_bad_row_fraction`` of a split: a DataError). Returns ``{"source", "revision", "splits":
+    {split: rows}, "bad_rows": {split: counts}}``; a missing split is a DataError naming the source."""
+    bad_rows: dict = {}
+    dsd = load_ultrachat_200k(source, revision=revision, max_bad_row_fraction=max_bad_row_fraction, report=bad_rows)
     if not hasattr(dsd, "keys"):
         raise DataError(f"{source}: one file is one split; ultrachat_200k needs the folder with {', '.join(SPLITS)}")
     missing = [s for s in SPLITS if s not in dsd]
@@ -714,7 +745,8 @@ def save_ultrachat_200k(source: str | os.PathLike, out_dir: str | os.PathLike, r
 
     dsd = datasets.DatasetDict({s: dsd[s] for s in SPLITS})
     save_dataset(dsd, Path(out_dir) / name)
-    return {"source": str(source), "revision": revision or "", "splits": {s: len(dsd[s]) for s in SPLITS}}
+    return {"source": str(source), "revision": revision or "", "splits": {s: len(dsd[s]) for s in SPLITS},
+            "bad_rows": {s: bad_rows[s] for s in SPLITS if s in bad_rows}}
 
 
 # ----------------------------------------------------------------------------------------------

@@ -70,7 +70,8 @@ from transformers import TrainerCallback
 
 from .stages.dpo import DPOConfig
 from .io import DataError
-from .modeling import UnpaddedBackbone, labelled_positions_only, last_checkpoint, weights_source
+from .modeling import (UnpaddedBackbone, labelled_positions_only, last_checkpoint, resolve_attn_implementation,
+                       weights_source)
 from .trl_shared import TrainResult, final_eval, lora_setup, save_final
 
 ROLES = ("system", "user", "assistant")
@@ -419,6 +420,7 @@ def train(cfg: DPOConfig, init: Path | str, data: Path | str, out: Path, *, call
     if tok.pad_token is None or tok.pad_token_id == tok.eos_token_id:
         raise ValueError(f"{init}: the tokenizer's pad token must exist and differ from eos "
                          "(pad = eos masks the eos label, so the model would never learn to stop)")
+    attn = resolve_attn_implementation(cfg.attn_implementation, "dpo.attn_implementation")
     prefs = load_prefs(data, tok, cfg.max_prompt_length)
     # The arguments first: under DeepSpeed ZeRO-3 they must exist before the model is loaded
     # (zero3_init_flag: the weights are sharded while loading).
@@ -426,7 +428,9 @@ def train(cfg: DPOConfig, init: Path | str, data: Path | str, out: Path, *, call
     if args.world_size > 1:
         prefs.update(shared_on_disk({"train": prefs["train"], "test": prefs["test"]}, out / "prefs_cache", args))
     peft_config, model_kwargs = lora_setup(cfg)
-    model = AutoModelForCausalLM.from_pretrained(source, dtype="auto", **model_kwargs, **source_kwargs)
+    model = AutoModelForCausalLM.from_pretrained(source, dtype="auto", attn_implementation=attn,
+                                                 **model_kwargs, **source_kwargs)
+    attention = model.config._attn_implementation
     saver = EpochSaver(out)
     # The reference log-probs are precomputed while the trainer is built: unpadded from there on.
     with (UnpaddedBackbone(model) if cfg.padding_free else contextlib.nullcontext()), \
@@ -437,6 +441,7 @@ def train(cfg: DPOConfig, init: Path | str, data: Path | str, out: Path, *, call
                              callbacks=([saver] if cfg.save_per_epoch else []) + list(callbacks),
                              **({"peft_config": peft_config} if peft_config is not None else {}))
         saver.trainer = trainer
+        train_attention = model.config._attn_implementation
         trainer.train(resume_from_checkpoint=last_checkpoint(out / "checkpoints"))
         final = final_eval(trainer)  # the Trainer's own evaluation after the last step, not a second one
     save_final(trainer, cfg, tok, init, out)
@@ -450,5 +455,6 @@ def train(cfg: DPOConfig, init: Path | str, data: Path | str, out: Path, *, call
         metrics={"steps": trainer.state.global_step, "n_train": len(trainer.train_dataset),
                  "n_test": len(trainer.eval_dataset), "global_batch_size": cfg.global_batch_size,
                  "n_prompts_truncated": prefs["n_prompts_truncated"],
+                 "attn_implementation": attention, "train_attention": train_attention,
                  **{k: v for k, v in final.items() if k.startswith("eval_")}},
         ref_logps={side: [float(x) for x in ref[f"ref_{side}_logps"]] for side in ("chosen", "rejected")})

@@ -57,7 +57,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
-from .io import DataError, iter_jsonl, read_json, require
+from .io import DataError, RowAudit, iter_jsonl, read_json, require
 
 ASPECTS = ("instruction_following", "honesty", "truthfulness", "helpfulness")
 TYPED_ASPECTS = ("truthfulness", "helpfulness")  # replies carry Type + its rationale before Rating
@@ -653,7 +653,8 @@ def _binarized_layout(path: Path) -> bool:
 
 
 def load_raw_ultrafeedback(source: str | os.PathLike, split: str = "train", revision: str | None = None,
-                           *, validate: bool = True, cache_dir: str | None = None) -> list[dict]:
+                           *, validate: bool = True, cache_dir: str | None = None,
+                           max_bad_row_fraction: float = 0.0, report: dict | None = None) -> list[dict]:
     """Rows of openbmb/UltraFeedback from a local file/folder or the hub.
 
     ``source``: a path to .jsonl/.json/.parquet (or a folder of them), or a hub id such as
@@ -663,7 +664,10 @@ def load_raw_ultrafeedback(source: str | os.PathLike, split: str = "train", revi
     Errors: :class:`NotRawUltraFeedbackError` when the source is an ultrafeedback_binarized-style
     dataset (a save_to_disk folder, files named by its splits, or rows with chosen/rejected and
     no completions); a :class:`~zephyr_lib.io.DataError` naming the file, row and field for a
-    malformed raw file (invalid JSON, a missing field, a bad rating) or an empty one.
+    malformed raw file (invalid JSON) or an empty one. Malformed rows (a missing field, a bad
+    rating) are dropped and counted by kind (:class:`~zephyr_lib.io.RowAudit`); over
+    ``max_bad_row_fraction`` of the rows (0 = any) they are a DataError naming the file, the first
+    bad row and its field. ``report``, if given, receives the counts under ``split``.
     """
     path = Path(source)
     if path.exists():
@@ -692,19 +696,25 @@ def load_raw_ultrafeedback(source: str | os.PathLike, split: str = "train", revi
         raise NotRawUltraFeedbackError(f"{pairs[0][0]}: has 'chosen'/'rejected' and no 'completions': "
                                        "an ultrafeedback_binarized row, not raw UltraFeedback")
     if validate:
-        for where, row in pairs:
-            validate_raw_row(row, where)
+        audit = RowAudit(path if path.exists() else f"{source}@{revision or 'main'}[{split}]", max_bad_row_fraction)
+        pairs = [(where, row) for where, row in pairs if audit.keep(validate_raw_row, row, where)]
+        counts = audit.finish()
+        if report is not None:
+            report[split] = counts
     return [row for _, row in pairs]
 
 
-def load_feedback_source(source: str | os.PathLike, revision: str | None = None):
+def load_feedback_source(source: str | os.PathLike, revision: str | None = None, *,
+                         max_bad_row_fraction: float = 0.0, report: dict | None = None):
     """("raw", rows) for raw UltraFeedback, or ("binarized", DatasetDict) for an
     ultrafeedback_binarized-style source. A malformed raw source raises its own error (file, row,
-    field); only a source that is not raw at all is read as binarized."""
+    field); only a source that is not raw at all is read as binarized. ``max_bad_row_fraction``
+    and ``report``: as in the two loaders."""
+    bad = {"max_bad_row_fraction": max_bad_row_fraction, "report": report}
     try:
-        return "raw", load_raw_ultrafeedback(source, revision=revision)
+        return "raw", load_raw_ultrafeedback(source, revision=revision, **bad)
     except NotRawUltraFeedbackError:
-        return "binarized", load_binarized(source, revision=revision)
+        return "binarized", load_binarized(source, revision=revision, **bad)
 
 
 # --------------------------------------------------------------------------------------------
@@ -912,15 +922,28 @@ def _split_of(path: Path) -> str:
 
 
 def load_binarized(source: str | os.PathLike, revision: str | None = None, *, validate: bool = True,
-                   cache_dir: str | None = None):
+                   cache_dir: str | None = None, max_bad_row_fraction: float = 0.0, report: dict | None = None):
     """An ultrafeedback_binarized DatasetDict from a local folder or the hub.
 
     Local: a ``save_to_disk`` folder (has dataset_dict.json), or a folder of per-split files
     named like the hub's ``data/<split>-00000-of-00001.parquet`` (or .jsonl). Otherwise a hub
     id, e.g. ``load_binarized("HuggingFaceH4/ultrafeedback_binarized",
-    revision=BINARIZED_2023_REVISION)``. Every row is validated unless ``validate=False``.
+    revision=BINARIZED_2023_REVISION)``. Every row is validated unless ``validate=False``:
+    malformed rows are dropped and counted by kind per split (:class:`~zephyr_lib.io.RowAudit`);
+    a split with more than ``max_bad_row_fraction`` of them (0 = any) is a DataError naming the
+    file, the first bad row and its field. ``report``, if given, receives ``{split: counts}``.
     """
     import datasets
+
+    def audited(split: str, numbered: Iterable[tuple[str, Any]], where: str) -> list[int]:
+        """Indices of the rows kept; the counts go to ``report``."""
+        audit = RowAudit(where, max_bad_row_fraction)
+        check = lambda row, w: validate_binarized_row(row, w, split=split)  # noqa: E731
+        keep = [i for i, (w, row) in enumerate(numbered) if audit.keep(check, row, w)]
+        counts = audit.finish()
+        if report is not None:
+            report[split] = counts
+        return keep
 
     path = Path(source)
     if path.is_dir() and (path / "dataset_dict.json").exists():
@@ -931,6 +954,7 @@ def load_binarized(source: str | os.PathLike, revision: str | None = None, *, va
         if not files:
             raise DataError(f"{path}: no save_to_disk dataset and no <split>-*.parquet/.jsonl files")
         by_split: dict[str, list[dict]] = {}
+        files_of: dict[str, list[Path]] = {}
         for f in files:
             split = _split_of(f)
             if split not in BINARIZED_SPLITS:
@@ -942,19 +966,23 @@ def load_binarized(source: str | os.PathLike, revision: str | None = None, *, va
 
                 rows = pq.read_table(f).to_pylist()
             by_split.setdefault(split, []).extend(rows)
+            files_of.setdefault(split, []).append(f)
         dsd = datasets.DatasetDict()
         for split, rows in by_split.items():
             if validate:
-                for i, row in enumerate(rows):
-                    validate_binarized_row(row, f"{path}[{split}] row {i}", split=split)
+                fs = files_of[split]
+                keep = audited(split, [(f"{path}[{split}] row {i}", r) for i, r in enumerate(rows)],
+                               str(fs[0]) if len(fs) == 1 else f"{path}[{split}]")
+                rows = [rows[i] for i in keep]
             dsd[split] = datasets.Dataset.from_list(rows, features=binarized_features())
         return dsd
     else:
         dsd = datasets.load_dataset(str(source), revision=revision, cache_dir=cache_dir)
     if validate:
-        for split, ds in dsd.items():
-            for i, row in enumerate(ds):
-                validate_binarized_row(row, f"{source}[{split}] row {i}", split=split)
+        for split, ds in list(dsd.items()):
+            keep = audited(split, ((f"{source}[{split}] row {i}", r) for i, r in enumerate(ds)), f"{source}[{split}]")
+            if len(keep) < len(ds):
+                dsd[split] = ds.select(keep)
     return dsd
 
 

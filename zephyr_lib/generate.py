@@ -64,9 +64,11 @@ class ModelAgent:
     """A trained model (transformers generation) as an :class:`zephyr_lib.agent.Agent`."""
 
     def __init__(self, path: str | Path, name: str | None = None, batch_size: int = 32, seed: int = 0,
-                 device: str = "auto"):
+                 device: str = "auto", attn_implementation: str = "auto"):
         self.path, self.name = Path(path), name or Path(path).name
-        self.model, self.tokenizer = load_model(path, device=device)  # auto: the GPU when there is one
+        # auto: the GPU when there is one; flash_attention_2 where installed, else sdpa
+        self.model, self.tokenizer = load_model(path, device=device, attn_implementation=attn_implementation)
+        self.attn_implementation = self.model.config._attn_implementation  # the kernel actually used
         self.batch_size, self.seed = batch_size, seed
 
     def respond_many(self, conversations, *, max_new_tokens: int = 128, temperature: float = 0.0,

@@ -115,6 +115,63 @@ def require(row: dict, field: str, types: type | tuple[type, ...], where: str) -
     return value
 
 
+class RowAudit:
+    """The malformed rows of one real data set (a split, a file), dropped and counted by kind.
+
+    A release of hundreds of thousands of rows may hold a few odd ones; stopping at the first
+    would mean never running on it, letting them through would train on them. ``keep(check, row,
+    where)`` runs a validator that raises :class:`DataError` (``where`` names the file and row, the
+    message the field) and says whether the row is kept; a bad row is counted under its kind (the
+    message without the row and the offending values, list indices generalised: ``field
+    'messages[].role' should be one of ...``) with the first few rows of each kind.
+    :meth:`finish` raises a one-line DataError when the share of bad rows exceeds
+    ``max_fraction`` (0 = any bad row), naming the source, the first bad row and its field and the
+    setting; else it returns the counts for the stage's metrics."""
+
+    EXAMPLES = 3  # rows named per kind
+
+    def __init__(self, source: str | os.PathLike, max_fraction: float = 0.0, setting: str = "max_bad_row_fraction"):
+        self.source, self.max_fraction, self.setting = str(source), float(max_fraction), setting
+        self.n_rows = 0
+        self.kinds: dict[str, dict] = {}
+        self.first: str | None = None  # the first bad row's full message (file, row, field)
+
+    @staticmethod
+    def kind_of(message: str, where: str) -> str:
+        text = message[len(where) + 2:] if message.startswith(f"{where}: ") else message
+        text = re.split(r",? (?:got|has) ", text, maxsplit=1)[0]
+        return re.sub(r" \(-?[\d.]+(?:e[+-]?\d+)?\)", "", re.sub(r"\[\d+\]", "[]", text))  # values: one kind
+
+    def keep(self, check, row: Any, where: str) -> bool:
+        self.n_rows += 1
+        try:
+            check(row, where)
+        except DataError as e:
+            kind = self.kinds.setdefault(self.kind_of(str(e), where), {"count": 0, "rows": []})
+            kind["count"] += 1
+            if len(kind["rows"]) < self.EXAMPLES:
+                kind["rows"].append(where)
+            self.first = self.first or str(e)
+            return False
+        return True
+
+    @property
+    def n_bad(self) -> int:
+        return sum(k["count"] for k in self.kinds.values())
+
+    def as_dict(self) -> dict:
+        return {"n_rows": self.n_rows, "n_dropped": self.n_bad, "max_bad_row_fraction": self.max_fraction,
+                "kinds": self.kinds}
+
+    def finish(self) -> dict:
+        if self.n_bad and self.n_bad / self.n_rows > self.max_fraction:
+            kinds = "; ".join(f"{k} ({v['count']})" for k, v in sorted(self.kinds.items(), key=lambda kv: -kv[1]["count"]))
+            raise DataError(f"{self.source}: {self.n_bad} of {self.n_rows} rows malformed "
+                            f"({self.n_bad / self.n_rows:.3%}, over {self.setting}={self.max_fraction:g}); "
+                            f"first: {self.first}; by kind: {kinds}")
+        return self.as_dict()
+
+
 def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
     """Hex sha256 of a file's bytes, read in chunks (model weights do not fit in memory twice)."""
     import hashlib

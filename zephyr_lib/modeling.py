@@ -336,21 +336,52 @@ def resolve_device(device: str = "auto", setting: str = "device") -> str:
     raise ValueError(f"{setting}={device!r}: expected one of {DEVICES} or 'cuda:N'")
 
 
+def resolve_attn_implementation(value: str = "auto", setting: str = "attn_implementation") -> str:
+    """The attention kernel a model is loaded with (transformers' ``attn_implementation``).
+
+    'auto' -> 'flash_attention_2' where the ``flash_attn`` package is importable and a CUDA device
+    is visible (requirements-flash.txt), else 'sdpa' (PyTorch's scaled_dot_product_attention, what
+    transformers picks by itself; every run before this setting existed used it). 'sdpa', 'eager'
+    as given; 'flash_attention_2' without the package or without CUDA is a ValueError naming
+    ``setting`` (the config key), never a silent fall-back."""
+    import importlib.util
+
+    from .config import ATTN_IMPLEMENTATIONS
+
+    impl = str(value or "auto").strip().lower()
+    if impl not in ATTN_IMPLEMENTATIONS:
+        raise ValueError(f"{setting}={value!r}: expected one of {ATTN_IMPLEMENTATIONS}")
+    has_flash = importlib.util.find_spec("flash_attn") is not None
+    if impl == "auto":
+        return "flash_attention_2" if has_flash and torch.cuda.is_available() else "sdpa"
+    if impl == "flash_attention_2" and not has_flash:
+        raise ValueError(f"{setting}='flash_attention_2': the flash_attn package is not importable here "
+                         f"(pip install -r requirements-flash.txt on a CUDA machine); set {setting} to 'auto' or 'sdpa'")
+    if impl == "flash_attention_2" and not torch.cuda.is_available():
+        raise ValueError(f"{setting}='flash_attention_2': no CUDA device is visible on this machine "
+                         f"(flash-attn runs on GPUs only); set {setting} to 'auto' or 'sdpa'")
+    return impl
+
+
 def default_dtype(device: str):
     """bfloat16 on a GPU (what the paper trained and evaluated in), float32 on CPU (no fast bf16 path)."""
     return torch.bfloat16 if str(device).startswith("cuda") else torch.float32
 
 
-def load_model(path: str | Path, dtype=None, device: str = "auto", setting: str = "device"):
+def load_model(path: str | Path, dtype=None, device: str = "auto", setting: str = "device",
+               attn_implementation: str = "auto", attn_setting: str = "attn_implementation"):
     """A causal LM and its tokenizer from a local folder or hub id, in eval mode on ``device``
-    (:func:`resolve_device`; ``setting`` names the config key in errors) and in ``dtype`` (default:
-    :func:`default_dtype` of the device)."""
+    (:func:`resolve_device`; ``setting`` names the config key in errors), in ``dtype`` (default:
+    :func:`default_dtype` of the device) and with the attention kernel
+    :func:`resolve_attn_implementation` picks (``model.config._attn_implementation`` says which)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     dev = resolve_device(device, setting)
+    attn = resolve_attn_implementation(attn_implementation, attn_setting)
     tok = AutoTokenizer.from_pretrained(path)
     source, kwargs = weights_source(path)
-    model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype if dtype is not None else default_dtype(dev), **kwargs)
+    model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype if dtype is not None else default_dtype(dev),
+                                                 attn_implementation=attn, **kwargs)
     model.to(dev)
     model.eval()
     return model, tok
@@ -412,7 +443,8 @@ class UnpaddedBackbone:
     padded shapes it expects, so this wraps TRL's DPOTrainer without touching it: the same
     sequence log-probs within float rounding (tests/test_dpo.py), for the work of the real
     tokens only. TRL 1.16 disables DPO's own ``padding_free``; this is the same idea one level
-    down. On exit the backbone's forward and the attention implementation are restored (the
+    down. A model loaded with ``flash_attention_2`` keeps it: its varlen kernel takes the same
+    boundaries (``cu_seq_lens_q``). On exit the backbone's forward and the attention implementation are restored (the
     saved model decodes with the standard kernel). Left padding, a cache or ``inputs_embeds``
     are refused: the patch is for training and scoring, not for generation.
     """
@@ -447,7 +479,8 @@ class UnpaddedBackbone:
             return out
 
         self.backbone.forward = types.MethodType(forward, self.backbone)
-        self.model.set_attn_implementation(register_document_attention())
+        if self.model.config._attn_implementation != "flash_attention_2":  # flash-attn's varlen kernel reads cu_seq_lens itself
+            self.model.set_attn_implementation(register_document_attention())
         return self.model
 
     def __exit__(self, *exc):

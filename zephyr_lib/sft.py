@@ -21,7 +21,8 @@ import contextlib
 from pathlib import Path
 
 from .stages.sft import SFTConfig
-from .modeling import labelled_positions_only, last_checkpoint, register_document_attention, weights_source
+from .modeling import (labelled_positions_only, last_checkpoint, register_document_attention,
+                       resolve_attn_implementation, weights_source)
 from .trl_shared import TrainResult, final_eval, lora_setup, save_final
 
 
@@ -84,12 +85,15 @@ def train(cfg: SFTConfig, init: Path, data: Path, out: Path, callbacks: list | N
                          "(pad = eos masks the eos label, so the model would never learn to stop)")
     # The arguments first: under DeepSpeed ZeRO-3 they must exist before the model is loaded
     # (zero3_init_flag: the weights are sharded while loading).
+    attn = resolve_attn_implementation(cfg.attn_implementation, "sft.attn_implementation")
     args = trl_args(cfg, out / "checkpoints")
     peft_config, model_kwargs = lora_setup(cfg)
-    model = AutoModelForCausalLM.from_pretrained(source, dtype="auto", **model_kwargs, **source_kwargs)
+    model = AutoModelForCausalLM.from_pretrained(source, dtype="auto", attn_implementation=attn,
+                                                 **model_kwargs, **source_kwargs)
     attention = model.config._attn_implementation
-    if _padding_free(cfg):
+    if _padding_free(cfg) and attention != "flash_attention_2":  # flash-attn's varlen kernel reads the boundaries itself
         model.set_attn_implementation(register_document_attention())
+    train_attention = model.config._attn_implementation
     train_ds, test_ds = load_sft_data(data, cfg.max_train_samples)
     trainer = SFTTrainer(model=model, args=args, train_dataset=train_ds,
                          eval_dataset=test_ds, processing_class=tok, callbacks=callbacks,
@@ -106,4 +110,5 @@ def train(cfg: SFTConfig, init: Path, data: Path, out: Path, callbacks: list | N
     return TrainResult(log_history=trainer.state.log_history,
                        metrics={"eval_loss": final["eval_loss"], "steps": trainer.state.global_step,
                                 "n_train": len(train_ds), "n_test": len(test_ds),
-                                "global_batch_size": cfg.global_batch_size})
+                                "global_batch_size": cfg.global_batch_size,
+                                "attn_implementation": attention, "train_attention": train_attention})

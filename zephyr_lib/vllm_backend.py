@@ -78,6 +78,8 @@ class VLLMAgent:
     gpu_memory_utilization, max_model_len).
     """
 
+    attn_implementation = "vllm"  # vLLM picks its own attention backend (flash-attn where it can)
+
     def __init__(self, path: str | Path, name: str | None = None, tensor_parallel_size: int = 1, seed: int = 0,
                  *, top_p: float = 1.0, **llm_kwargs: Any):
         vllm = _import_vllm()
@@ -207,14 +209,15 @@ def release(agent: Any) -> None:
 
 def generation_agent(path: str | Path, name: str | None = None, backend: str = "auto", *, seed: int = 0,
                      batch_size: int = 32, tensor_parallel_size: int = 1, device: str = "auto",
-                     **vllm_kwargs: Any) -> Agent:
+                     attn_implementation: str = "auto", **vllm_kwargs: Any) -> Agent:
     """A generation agent for a trained model: VLLMAgent or generate.ModelAgent.
 
     backend="auto": vLLM when :func:`available` (package importable and CUDA present), else
     transformers (``batch_size`` applies there; vLLM options are then ignored).
     backend="vllm": vLLM or :class:`VLLMUnavailableError` saying why. backend="transformers":
     always ``generate.ModelAgent``, on ``device`` (``modeling.resolve_device``: auto = the GPU when
-    there is one).
+    there is one) with ``attn_implementation`` (``modeling.resolve_attn_implementation``; vLLM uses
+    its own kernels). The agent's ``attn_implementation`` says which attention it runs.
     """
     if backend not in BACKENDS:
         raise ValueError(f"unknown generation backend {backend!r}; expected one of {BACKENDS}")
@@ -226,4 +229,5 @@ def generation_agent(path: str | Path, name: str | None = None, backend: str = "
         log.info("vllm unavailable: generating with transformers; ignoring vllm options %s",
                  sorted(vllm_kwargs) + (["tensor_parallel_size"] if tensor_parallel_size != 1 else []))
     from .generate import ModelAgent
-    return ModelAgent(path, name=name, batch_size=batch_size, seed=seed, device=device)
+    return ModelAgent(path, name=name, batch_size=batch_size, seed=seed, device=device,
+                      attn_implementation=attn_implementation)

@@ -16,7 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..config import ConfigError, StageConfig, endpoint, opt, ref, refs
+from ..config import ATTN_IMPLEMENTATIONS, ConfigError, StageConfig, endpoint, opt, ref, refs
 from ..io import write_json, write_jsonl
 from ..stage import Stage
 
@@ -30,6 +30,7 @@ class AIFConfig(StageConfig):
                              choices=("raw", "binarized"))
     annotate: bool = opt(False, "Raw source: take only its prompts and have `pool` answer and `judge` rate them (UltraFeedback from scratch); false = re-binarize its ratings.")
     revision: str = opt("", "Hub revision of `source` (paper: ultrafeedback_binarized @ 292c163…).")
+    max_bad_row_fraction: float = opt(0.001, "Real source: share of its rows (of each split, binarized) that may be malformed (dropped, counted by kind in metrics.json's bad_rows) before the run stops with the file, first bad row and field named.", ge=0, lt=1, hash_omit_default=True)
     policy: str = ref("sft", "dSFT run whose model joins the pool as 'policy'.")
     base: str = ref("base", "Base run whose model joins the pool as 'base'.")
     n_prompts: int = opt(600, "Prompts to answer and rate (toy) or rows to read (real, 0 = all).", ge=0)
@@ -45,6 +46,7 @@ class AIFConfig(StageConfig):
     max_new_tokens: int = opt(96, "Generation length for model pool members.", ge=1)
     temperature: float = opt(1.0, "Sampling temperature for model pool members (UltraFeedback: 1.0, top_p 1.0).", ge=0)
     batch_size: int = opt(32, "Prompts per generation batch for model pool members.", ge=1)
+    attn_implementation: str = opt("auto", "Attention kernel of model pool members generating with transformers: auto = flash_attention_2 where the flash_attn package is importable and a GPU is visible, else sdpa; or sdpa, flash_attention_2, eager. metrics.json records the one used.", choices=ATTN_IMPLEMENTATIONS, hash_omit_default=True)
     judge: str = endpoint("toy", "Endpoint that rates the answers (the paper: GPT-4).")
     judge_failure_budget: float = opt(0.0, "Share of prompts allowed to be lost to failed or unusable (unparsable) judgments or pool answers before the run counts as incomplete; 0 = any loss stops it (resumable: the cache keeps every answer). A budget above 0 is shown on the page.", ge=0, lt=1, hash_omit_default=True)
     templates: str = opt("", "Rating prompts: '' = the paraphrase the toy judge reads; a path or URL of UltraFeedback's preference_templates.py = the originals (read as text, never executed), with annotate_critique.py and main.py (the completion principles) taken from beside it.", hash_omit_default=True)
@@ -68,17 +70,23 @@ def build(ctx, out: Path) -> dict:
     if cfg.source == "toy":
         prompts = _toy_prompts(ctx, out)
     elif cfg.source_schema == "binarized":
-        dsd = fb.load_binarized(cfg.source, revision=cfg.revision or None)
+        bad_rows: dict = {}
+        dsd = fb.load_binarized(cfg.source, revision=cfg.revision or None,
+                                max_bad_row_fraction=cfg.max_bad_row_fraction, report=bad_rows)
         fb.save_binarized(dsd, out / "binarized")
-        metrics = {"source": cfg.source, "splits": {k: len(v) for k, v in dsd.items()}}
+        metrics = {"source": cfg.source, "splits": {k: len(v) for k, v in dsd.items()}, "bad_rows": bad_rows}
         write_json(out / "metrics.json", metrics)
         return metrics
     else:
-        rows = fb.load_raw_ultrafeedback(cfg.source, revision=cfg.revision or None)[: cfg.n_prompts or None]
+        bad_rows = {}
+        rows = fb.load_raw_ultrafeedback(cfg.source, revision=cfg.revision or None,
+                                         max_bad_row_fraction=cfg.max_bad_row_fraction,
+                                         report=bad_rows)[: cfg.n_prompts or None]
         if not cfg.annotate:
-            return _binarize_and_save(cfg, rows, out, {"source": cfg.source})
+            return _binarize_and_save(cfg, rows, out, {"source": cfg.source, "bad_rows": bad_rows})
         prompts = [{k: r[k] for k in ("instruction", "source", "correct_answers", "incorrect_answers") if k in r}
                    for r in rows]
+        return _annotate(ctx, prompts, out, {"bad_rows": bad_rows})
     return _annotate(ctx, prompts, out)
 
 
@@ -97,7 +105,7 @@ def _toy_prompts(ctx, out: Path) -> list[dict]:
     return [{"instruction": t.turns[0], "source": f"toy/{t.category}"} for t in tasks]
 
 
-def _annotate(ctx, prompts: list[dict], out: Path) -> dict:
+def _annotate(ctx, prompts: list[dict], out: Path, more: dict | None = None) -> dict:
     """UltraFeedback from prompts: the pool answers (4 members per prompt), the judge rates."""
     from .. import pool as P
     from ..agents import judge_for, make_agent
@@ -105,7 +113,8 @@ def _annotate(ctx, prompts: list[dict], out: Path) -> dict:
     cfg = ctx.cfg
     templates, principles = _original_prompts(ctx) if cfg.templates else (None, None)
     aliases = {"policy": cfg.policy, "base": cfg.base}
-    agents = {name: make_agent(ctx, name, seed=cfg.seed, refs=aliases, batch_size=cfg.batch_size)
+    agents = {name: make_agent(ctx, name, seed=cfg.seed, refs=aliases, batch_size=cfg.batch_size,
+                               attn_implementation=cfg.attn_implementation)
               for name in [*cfg.pool, *cfg.zoo]}
     rows, pool_stats = P.complete_pool(agents, prompts, per_prompt=cfg.completions_per_prompt, seed=cfg.seed,
                                        max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
@@ -121,7 +130,11 @@ def _annotate(ctx, prompts: list[dict], out: Path) -> dict:
                               cfg.judge_failure_budget, where=f"aif run {ctx.run.name!r}", what={"prompts": "prompts"})
     extra = {"source": cfg.source, "n_prompts": len(prompts),
              "n_pool_failed_prompts": pool_stats["n_dropped"], "n_judge_failed_prompts": rate_stats["n_dropped"],
-             "judge": judge.backend.name, "judge_stats": judge.stats.as_dict(), "judge_failures": failures}
+             "judge": judge.backend.name, "judge_stats": judge.stats.as_dict(), "judge_failures": failures,
+             **(more or {})}
+    attention = {n: a.attn_implementation for n, a in agents.items() if getattr(a, "attn_implementation", None)}
+    if attention:  # the model pool members: the attention kernel each generated with
+        extra["attn_implementation"] = attention
     return _binarize_and_save(cfg, raw_rows, out, extra)
 
 

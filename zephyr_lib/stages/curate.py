@@ -21,6 +21,7 @@ class CurateConfig(StageConfig):
 
     source: str = opt("toy", "'toy' (the teacher stand-in writes the corpus), 'api' (the `teacher` endpoint writes it from teacher_seeds), HuggingFaceH4/ultrachat_200k (the paper's data as published, used as β), or a raw UltraChat .jsonl path or hub id (stingning/ultrachat).")
     revision: str = opt("", "Hub revision of `source` (empty = the default branch).", hash_omit_default=True)
+    max_bad_row_fraction: float = opt(0.001, "source HuggingFaceH4/ultrachat_200k: share of a split's rows that may be malformed (dropped, counted by kind in metrics.json's bad_rows) before the run stops with the file, first bad row and field named.", ge=0, lt=1, hash_omit_default=True)
     teacher: str = endpoint("", "source 'api': the endpoint that plays the teacher and the user simulator (the paper: GPT-3.5-turbo).")
     teacher_failure_budget: float = opt(0.0, "source 'api': share of dialogues allowed to be lost to failed or unusable teacher replies before the run counts as incomplete (lost dialogues are dropped and counted either way).", ge=0, lt=1, hash_omit_default=True)
     teacher_seeds: str = opt("", "source 'api': a text file (path or URL) of topics or opening questions, one per line.", hash_omit_default=True)
@@ -50,7 +51,8 @@ def build(ctx, out: Path) -> dict:
     phrases = tuple(cfg.boilerplate_phrases) or cur.DEFAULT_PHRASES
     if cfg.source == cur.H4_HUB_ID or Path(cfg.source).name == "ultrachat_200k":  # hub id, or a local copy
         # the paper's dSFT data: H4's curated splits as they are (no α: the raw-UltraChat runs give that)
-        metrics = cur.save_ultrachat_200k(cfg.source, out, revision=cfg.revision or None)
+        metrics = cur.save_ultrachat_200k(cfg.source, out, revision=cfg.revision or None,
+                                          max_bad_row_fraction=cfg.max_bad_row_fraction)
         write_json(out / "metrics.json", metrics)
         return metrics
     if cfg.source == "toy":

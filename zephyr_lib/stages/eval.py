@@ -17,7 +17,7 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..config import TOY_AGENTS, TOY_JUDGE_VERSION, StageConfig, config_hash, endpoint, opt, ref_run, refs
+from ..config import ATTN_IMPLEMENTATIONS, TOY_AGENTS, TOY_JUDGE_VERSION, StageConfig, config_hash, endpoint, opt, ref_run, refs
 from ..io import read_json, write_json, write_jsonl
 from ..evals.benchmarks import BENCHMARKS
 from ..stage import Stage
@@ -39,6 +39,7 @@ class EvalConfig(StageConfig):
     alpaca_top_p: float = opt(1.0, "AlpacaEval top_p (Zephyr: 1.0).", gt=0, le=1, hash_omit_default=True)
     alpaca_max_new_tokens: int = opt(0, "AlpacaEval generation length (Zephyr: 2048; 0 = max_new_tokens).", ge=0, hash_omit_default=True)
     device: str = opt("auto", "Where models run (generation, lm-eval): auto (cuda if present, else cpu), cpu, cuda, cuda:N.", hash_omit_default=True)
+    attn_implementation: str = opt("auto", "Attention kernel of the models generating with transformers: auto = flash_attention_2 where the flash_attn package is importable and a GPU is visible, else sdpa; or sdpa, flash_attention_2, eager (vLLM uses its own). metrics.json records the one used per model.", choices=ATTN_IMPLEMENTATIONS, hash_omit_default=True)
     vllm_gpu_memory_utilization: float = opt(0.9, "GPU fraction vLLM may hold while generating; it is released before lm-eval loads the model.", gt=0, le=1, hash_omit_default=True)
     leaderboard_tasks: str = opt("toy", "'toy' (the toy world's four tasks) or 'paper' (arc_challenge, hellaswag, mmlu, truthfulqa_mc2 with the leaderboard v1 settings).",
                                  choices=("toy", "paper"))
@@ -100,13 +101,16 @@ def build(ctx, out: Path) -> dict:
     benches = {b: BENCHMARKS[b](cfg, inputs) for b in cfg.benchmarks}
     settings = {k: v for k, v in dataclasses.asdict(cfg).items()
                 if k not in ("models", "mt_bench_pairwise_baseline", "batch_size", "anchors", "alpaca_rejudge",
-                             "alpaca_eval_revision")}
+                             "alpaca_eval_revision", "attn_implementation")}
     if cfg.alpaca_eval_revision:  # (only when set: the caches of earlier runs keep their keys)
         settings["alpaca_eval_revision"] = cfg.alpaca_eval_revision
+    if cfg.attn_implementation != "auto":  # (likewise)
+        settings["attn_implementation"] = cfg.attn_implementation
     judge_id = TOY_JUDGE_VERSION if cfg.judge == "toy" else dataclasses.asdict(ctx.profile.endpoints[cfg.judge])
     cache_root = ctx.root / ctx.profile.name / "eval_cache"
     vllm_kw = {"gpu_memory_utilization": cfg.vllm_gpu_memory_utilization} if vllm_available() else {}
     results: dict = {}
+    attention: dict = {}  # model -> the attention kernel it generated with (models that generated here)
     from ..preflight import parse_anchor
     anchors = {label: (src, rev) for label, src, rev in map(parse_anchor, cfg.anchors)}
     clash = sorted(set(anchors) & set(cfg.models))
@@ -150,9 +154,13 @@ def build(ctx, out: Path) -> dict:
             else:
                 if agent is None:
                     agent = (generation_agent(weights, name=name, batch_size=cfg.batch_size, seed=cfg.seed,
-                                              device=cfg.device, **vllm_kw) if anchor else
+                                              device=cfg.device, attn_implementation=cfg.attn_implementation,
+                                              **vllm_kw) if anchor else
                              make_agent(ctx, name, batch_size=cfg.batch_size, seed=cfg.seed, device=cfg.device,
-                                        gpu_memory_utilization=cfg.vllm_gpu_memory_utilization))
+                                        gpu_memory_utilization=cfg.vllm_gpu_memory_utilization,
+                                        attn_implementation=cfg.attn_implementation))
+                    if getattr(agent, "attn_implementation", None):
+                        attention[name] = agent.attn_implementation
                 res[bench.name] = bench.run(agent, model_id, judge, folder)
             if bench.failures(res[bench.name]):
                 continue  # never cached: the rerun asks the judge again for what failed
@@ -178,6 +186,8 @@ def build(ctx, out: Path) -> dict:
         metrics["alpaca_baseline"] = inputs["alpaca_baseline"]
     if drift is not None:
         metrics["alpaca_rejudge"] = drift
+    if attention:
+        metrics["attn_implementation"] = attention
     write_json(out / "metrics.json", metrics)
     return metrics
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..config import StageConfig, opt, ref
+from ..config import ATTN_IMPLEMENTATIONS, StageConfig, opt, ref
 from ..io import write_json, write_jsonl
 
 SCHEDULES = ("linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup",
@@ -43,6 +43,7 @@ class TrainingConfig(StageConfig):
     # hardware
     bf16: bool = opt(False, "bfloat16 training (GPUs; CPUs here have no fast bf16 path).")
     activation_checkpointing: bool = opt(False, "Activation (gradient) checkpointing: saves memory, costs 20-35% time.")
+    attn_implementation: str = opt("auto", "Attention kernel for training and the held-out probe: auto = flash_attention_2 where the flash_attn package is importable and a GPU is visible (requirements-flash.txt), else sdpa (every earlier run's); or sdpa, flash_attention_2 (an error without the package), eager. metrics.json records the one used.", choices=ATTN_IMPLEMENTATIONS, hash_omit_default=True)
     accelerate_config: str = opt("", "accelerate config file for multi-process runs (e.g. configs/accelerate/zero3.yaml).")
     # LoRA / QLoRA (optional; the paper trained all weights)
     use_peft: bool = opt(False, "Train LoRA adapters (peft) instead of all weights, for smaller GPUs; needs `pip install peft`.", hash_omit_default=True)
@@ -97,7 +98,8 @@ def error_kinds(a) -> list[str]:
     return [k for k in ERROR_KINDS if flags[k]]
 
 
-def held_out_before_after(ctx, init, trained: Path, seed: int, prefix: str, n: int = 160):
+def held_out_before_after(ctx, init, trained: Path, seed: int, prefix: str, n: int = 160,
+                          attn_implementation: str = "auto"):
     """Greedy answers of the initial and the trained model to `n` new toy prompts (disjoint from
     every benchmark): per-prompt rows, and per model the judge stand-in's mean score, the rate of
     answers that end with eos, and the α/β defect rates."""
@@ -114,7 +116,7 @@ def held_out_before_after(ctx, init, trained: Path, seed: int, prefix: str, n: i
     rows = [{"prompt": c[0]["content"], "category": t.category} for c, t in zip(convs, probe)]
     metrics = {}
     for who, path in (("init", init), ("model", trained)):
-        agent: Agent = ModelAgent(path, name=who)
+        agent: Agent = ModelAgent(path, name=who, attn_implementation=attn_implementation)
         answers, stopped = agent.respond_many(convs, max_new_tokens=96, return_stopped=True,
                                               desc=f"held-out answers ({who})")
         verdicts = [assess(world, t.specs[0], a) for t, a in zip(probe, answers)]
@@ -149,7 +151,8 @@ def train_and_probe(ctx, out: Path, probe_seed: int, after=None, **in_process) -
     res = launch.train_stage(ctx.run.spec, cfg, init, data, out, **in_process)  # in-process, or accelerate launch for >1 process
     write_jsonl(out / "log_history.jsonl", res.log_history)
     extra = after(res) if after else {}
-    rows, held_out = held_out_before_after(ctx, init, out / "model", seed=probe_seed + cfg.seed, prefix=f"{stage}probe")
+    rows, held_out = held_out_before_after(ctx, init, out / "model", seed=probe_seed + cfg.seed, prefix=f"{stage}probe",
+                                     attn_implementation=cfg.attn_implementation)
     metrics = {**res.metrics, **held_out, **extra}
     write_jsonl(out / "samples.jsonl", rows)
     write_json(out / "metrics.json", metrics)
