@@ -1,8 +1,11 @@
-"""Grade a free-form answer against a turn's spec: correctness, constraints and style.
+"""Grade a free-form answer against a turn's spec: correctness, constraints, style and depth.
 
 This is what makes the toy judge "stronger than the teacher": it knows every fact of the world
 and checks constraints exactly (code is parsed and evaluated, lists compared as sets). The
-checker only reads the answer's text; it never knows who wrote it.
+checker only reads the answer's text; it never knows who wrote it. Depth (toy world v3): on the
+turns :meth:`World.extra_facts` names, an answer that adds a further true fact about the same
+town or animal is ``informative`` (MT-Bench 10, helpfulness 5; minimal: 9 and 4); a false
+further fact makes it wrong.
 """
 from __future__ import annotations
 

@@ -39,9 +39,11 @@ Known biases (deliberate, documented):
 
 * It grades only what the checker checks: correctness of the one asked fact/number/choice,
   explicit constraints (sentence count, keyword, end word, function name, list-only output),
-  and style defects (disclaimers, lower-case sentence starts, chat-template junk, repetition,
-  filler). Anything else (elegance, depth) is invisible to it; two answers that pass the same
-  checks get the same score.
+  style defects (disclaimers, lower-case sentence starts, chat-template junk, repetition,
+  filler) and, since toy world v3, depth where FastChat's and UltraFeedback's prompts name it: on
+  a turn about a town or an animal, a further true fact about it (checker ``informative``; a
+  false one makes the answer wrong). Anything else (elegance, style beyond the defects) is
+  invisible to it; two answers that pass the same checks get the same score.
 * AlpacaEval ranking on equal scores prefers the SHORTER output, and on equal length the one
   shown first (``model_1``): a mild position bias, as real judges have; alpaca_eval's
   per-instruction order swap balances it. MT-Bench pairwise has no tie-break: equal scores
