@@ -151,6 +151,18 @@ def test_the_results_history_is_stored_data_with_machine_and_date():
     assert any("R.load_history()" in "".join(c["source"]) for c in page["cells"] if c["cell_type"] == "code")
 
 
+def test_the_toy_world_pages_earlier_builds_are_history_not_typed_tables():
+    """The toy-world page's sections about earlier builds (from the fidelity changes up to the lead's
+    v3 design) keep their rules in prose; their measured tables are history blocks on the results page."""
+    text = (REPO / "book" / "toyworld.md").read_text()
+    start, end = text.index("## The fidelity changes"), text.index("## Fidelity, second design")
+    rows = [line for line in text[start:end].splitlines()
+            if line.lstrip().startswith("|") and re.search(r"\d\.\d", line)]
+    assert not rows, f"measured table rows typed into book/toyworld.md (store them in the results history): {rows}"
+    ids = {b["id"] for b in R.load_history()}
+    assert {"dsft-data-epochs", "lr-calibration", "batch-runs", "pairs-6000"} <= ids
+
+
 def test_a_history_block_without_machine_or_date_is_refused(tmp_path):
     doc = json.loads(R.HISTORY.read_text())
     del doc["blocks"][0]["machine"]
