@@ -77,12 +77,12 @@ def test_dsft_learns_to_stop_and_resumes_after_a_kill(tiny_base, tiny_chat_data,
     first = FirstStep()
     res = sft.train(cfg, tiny_base, tiny_chat_data, tmp_path, callbacks=[first])
     assert first.first == 20, "the rerun resumes from checkpoint-20 instead of starting over"
-    steps = [e["step"] for e in res["log_history"] if "loss" in e]
-    assert len(steps) == len(set(steps)) and max(steps) <= res["steps"]
-    finals = [e for e in res["log_history"] if "eval_loss" in e and e["step"] == res["steps"]]
-    assert len(finals) == 1 and finals[0]["eval_loss"] == res["eval_loss"]  # the final evaluation ran once
+    steps = [e["step"] for e in res.log_history if "loss" in e]
+    assert len(steps) == len(set(steps)) and max(steps) <= res.metrics["steps"]
+    finals = [e for e in res.log_history if "eval_loss" in e and e["step"] == res.metrics["steps"]]
+    assert len(finals) == 1 and finals[0]["eval_loss"] == res.metrics["eval_loss"]  # the final evaluation ran once
     state = json.loads((sorted((tmp_path / "checkpoints").glob("checkpoint-*"))[-1] / "trainer_state.json").read_text())
-    assert state["global_step"] == res["steps"]
+    assert state["global_step"] == res.metrics["steps"]
     # the model now answers held-out prompts in the chat format and stops by itself at </s>
     w = World()
     prompts = [[{"role": "user", "content": t.turns[0]}]

@@ -70,9 +70,18 @@ def relative(path: str | os.PathLike) -> str:
         return str(path)
 
 
+_GLUED: set[str] = set()
+
+
+def glued_keys() -> set[str]:
+    """The glue keys this page (kernel) has glued so far."""
+    return set(_GLUED)
+
+
 def glue(key: str, value, display: bool = False) -> None:
     """myst-nb glue (so the book can cite the number); returns nothing, so a cell ending in a
     glue call does not echo the value."""
+    _GLUED.add(key)
     try:
         from myst_nb import glue as _glue
     except ImportError:  # pragma: no cover - myst-nb ships with jupyter-book

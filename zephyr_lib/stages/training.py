@@ -111,7 +111,11 @@ def held_out_before_after(ctx, init, trained: Path, seed: int, prefix: str, n: i
     from .curate import N_ALPACA_MAX
 
     world = shared_world(ctx.world)
-    probe = world.tasks(n, seed=seed, followups=0, prefix=prefix, exclude=world.eval_prompts(N_ALPACA_MAX), unique=True)
+    exclude = world.eval_prompts(N_ALPACA_MAX)
+    try:  # distinct prompts where the world has enough of them; a tiny test world repeats some
+        probe = world.tasks(n, seed=seed, followups=0, prefix=prefix, exclude=exclude, unique=True)
+    except ValueError:
+        probe = world.tasks(n, seed=seed, followups=0, prefix=prefix, exclude=exclude)
     convs = [[{"role": "user", "content": t.turns[0]}] for t in probe]
     rows = [{"prompt": c[0]["content"], "category": t.category} for c, t in zip(convs, probe)]
     metrics = {}
