@@ -526,7 +526,11 @@ def test_a_sync_backend_interrupted_mid_batch_keeps_every_answered_reply(tmp_pat
 
 
 _CHILD = """
+import signal
 import sys
+# a terminal's Ctrl-C raises KeyboardInterrupt; a job started in the background by a non-interactive
+# shell (as CI may start this suite) inherits SIGINT ignored, which would make the SIGINT case a no-op
+signal.signal(signal.SIGINT, signal.default_int_handler)
 from zephyr_lib.judges import Judge, OpenAIChatBackend
 url, cache, n = sys.argv[1], sys.argv[2], int(sys.argv[3])
 backend = OpenAIChatBackend(url, "judge-model", api_key_env=%r, timeout=120, max_retries=0, concurrency=4)
