@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
+from http.server import ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -64,6 +65,21 @@ def tiny_chat_data(tmp_path_factory) -> Path:
     dialogues = write_dialogues(w, toy_agent(w, "teacher_strong"), tasks)
     dsd = curate.split_dataset([curate.to_ultrachat_200k_row(d) for d in dialogues], test_frac=0.1, seed=0)
     return curate.save_dataset(dsd, tmp_path_factory.mktemp("chat") / "beta")
+
+
+class LoopbackServer(ThreadingHTTPServer):
+    """An HTTP server on 127.0.0.1 (a free port) with a lock for its counters; ``url`` is its
+    OpenAI-compatible base (``/v1``). Tests subclass it with their own handler and state."""
+
+    daemon_threads = True
+
+    def __init__(self, handler):
+        super().__init__(("127.0.0.1", 0), handler)
+        self.lock = threading.Lock()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server_address[1]}/v1"
 
 
 @contextlib.contextmanager

@@ -12,12 +12,11 @@ from __future__ import annotations
 
 import json
 import re
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 
 import pytest
 import yaml
-from conftest import REPO, serving
+from conftest import LoopbackServer, REPO, serving
 
 from zephyr_lib.evals import alpaca_eval as ae
 
@@ -25,19 +24,12 @@ KEY = "sk-test-DRIFT-0123456789abcdef"
 ENV = "ZEPHYR_TEST_DRIFT_KEY"
 
 
-class LoopbackJudge(ThreadingHTTPServer):
-    daemon_threads = True
-
+class LoopbackJudge(LoopbackServer):
     def __init__(self):
-        super().__init__(("127.0.0.1", 0), Handler)
-        self.lock = threading.Lock()
+        super().__init__(Handler)
         self.calls = 0
         self.fail_every = 0  # > 0: every n-th distinct request fails with HTTP 500 (a flaky judge)
         self.models: set[str] = set()
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.server_address[1]}/v1"
 
 
 def judge_reply(messages: list[dict]) -> str:

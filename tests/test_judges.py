@@ -12,10 +12,10 @@ import json
 import threading
 import time
 from collections import Counter
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 
 import pytest
-from conftest import serving
+from conftest import LoopbackServer, serving
 
 from zephyr_lib.judges import (
     AllCallsFailedError,
@@ -36,12 +36,9 @@ KEY = "sk-test-VERYSECRET-0123456789abcdef"
 ENV = "ZEPHYR_TEST_JUDGE_KEY"
 
 
-class ScriptedServer(ThreadingHTTPServer):
-    daemon_threads = True
-
+class ScriptedServer(LoopbackServer):
     def __init__(self):
-        super().__init__(("127.0.0.1", 0), Handler)
-        self.lock = threading.Lock()
+        super().__init__(Handler)
         self.seen: Counter = Counter()
         self.total = 0
         self.inflight = 0
@@ -315,15 +312,12 @@ def test_identical_requests_in_one_batch_are_sent_once(server, key_env, tmp_path
     assert res[2].text == "echo:case:ok #0"
 
 
-class HealingServer(ThreadingHTTPServer):
+class HealingServer(LoopbackServer):
     """A judge that, while `faulty`, answers some requests with HTTP 500 and others with an
     unparsable reply; once healed it answers "SCORE: <length>" to everything."""
 
-    daemon_threads = True
-
     def __init__(self):
-        super().__init__(("127.0.0.1", 0), HealingHandler)
-        self.lock = threading.Lock()
+        super().__init__(HealingHandler)
         self.faulty = True
         self.seen: Counter = Counter()
 
@@ -442,24 +436,17 @@ def test_cache_key_covers_every_input():
 # loses at most the requests in flight, and a rerun asks only for the rest.
 # --------------------------------------------------------------------------------------------
 
-class CutOffServer(ThreadingHTTPServer):
+class CutOffServer(LoopbackServer):
     """Answers the first `answer` requests "SCORE: <n>"; after that, per `mode`, every request gets
     401 (a revoked key) or hangs until `release` is set (a slow batch, killed from outside).
     With `answer=None` it answers everything."""
 
-    daemon_threads = True
-
     def __init__(self, answer: int | None, mode: str = "revoke"):
-        super().__init__(("127.0.0.1", 0), CutOffHandler)
-        self.lock = threading.Lock()
+        super().__init__(CutOffHandler)
         self.answer, self.mode = answer, mode
         self.answered: list[str] = []
         self.requests = 0
         self.release = threading.Event()
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.server_address[1]}/v1"
 
 
 class CutOffHandler(Handler):

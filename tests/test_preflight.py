@@ -8,13 +8,12 @@ shutdown date and what to set; the pipeline and a stage never start generating a
 from __future__ import annotations
 
 import json
-import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 
 import pytest
 import yaml
-from conftest import REPO, serving
+from conftest import LoopbackServer, REPO, serving
 
 from zephyr_lib import preflight
 
@@ -23,18 +22,11 @@ ENV = "ZEPHYR_TEST_PREFLIGHT_KEY"
 CURRENT = "gpt-6.1-sol"
 
 
-class OpenAIToday(ThreadingHTTPServer):
-    daemon_threads = True
-
+class OpenAIToday(LoopbackServer):
     def __init__(self, list_models: bool = True):
-        super().__init__(("127.0.0.1", 0), Handler)
-        self.lock = threading.Lock()
+        super().__init__(Handler)
         self.posts: list[dict] = []
         self.list_models = list_models
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.server_address[1]}/v1"
 
 
 class Handler(BaseHTTPRequestHandler):

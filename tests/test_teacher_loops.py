@@ -18,15 +18,14 @@ import hashlib
 import json
 import random
 import sys
-import threading
 import time
 import types
 from collections import Counter
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
 import pytest
-from conftest import serving
+from conftest import LoopbackServer, serving
 
 from zephyr_lib import curate
 from zephyr_lib import pool as P
@@ -77,12 +76,9 @@ def reply_for(messages: list[dict]) -> tuple[str, str]:
     return "assistant", f"Answer {k}: here is what I know about '{user[:60]}'."
 
 
-class ChatServer(ThreadingHTTPServer):
-    daemon_threads = True
-
+class ChatServer(LoopbackServer):
     def __init__(self):
-        super().__init__(("127.0.0.1", 0), Handler)
-        self.lock = threading.Lock()
+        super().__init__(Handler)
         self.total = 0                      # HTTP requests of any outcome
         self.seen: Counter = Counter()      # request digest -> requests
         self.answered: list[str] = []       # digests answered with a valid reply, in order
@@ -90,10 +86,6 @@ class ChatServer(ThreadingHTTPServer):
         self.temperatures: list[float] = []
         self.budget: int | None = None      # answer at most this many, then 503 for everything
         self.timeout_fired = False
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.server_address[1]}/v1"
 
 
 class Handler(BaseHTTPRequestHandler):

@@ -45,7 +45,7 @@ from .config import (REPO, THREADS_ENV, ConfigError, Profile, check_secret_free,
 from .io import DataError, read_json
 from .plan import load_profile
 from .stages import STAGES
-from .store import (BUILD_INFO, MANIFEST, RUNS_DIR, CorruptRunError, clean_debris,
+from .store import (BUILD_INFO, MANIFEST, RUNS_DIR, CorruptRunError, clean_debris, free_bytes,
                     context, lock_held, lock_owner, os_error_line, pid_alive, store_op)
 
 NOTEBOOKS = REPO / "notebooks"
@@ -325,14 +325,8 @@ def _full_filesystem(paths: list[Path], below: int = 4 << 20) -> Path | None:
     """The first of ``paths`` (or its nearest existing parent) on a file system with less than
     ``below`` bytes free."""
     for path in paths:
-        probe = Path(path)
-        while not probe.exists() and probe != probe.parent:
-            probe = probe.parent
-        try:
-            st = os.statvfs(probe)
-        except OSError:
-            continue
-        if st.f_bavail * st.f_frsize < below:
+        free = free_bytes(path)
+        if free is not None and free < below:
             return Path(path)
     return None
 
