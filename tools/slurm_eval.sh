@@ -17,10 +17,8 @@ set -euo pipefail
 PROFILE=${PROFILE:-paper}
 cd "${SLURM_SUBMIT_DIR:-$(pwd)}"
 mkdir -p runs/logs
-PYTHON=${ZEPHYR_PYTHON:-$(command -v python3 || command -v python || true)}
-if [ -z "$PYTHON" ] || ! "$PYTHON" -c "import zephyr_lib" 2>/dev/null; then
-  echo "error: no python with zephyr_lib: activate the paper environment before sbatch or set ZEPHYR_PYTHON" >&2
-  exit 2
-fi
+# the interpreter of the environment active at submission (SLURM runs a copy of this script, so the
+# helper is read from the submit directory)
+source tools/slurm_common.sh
 # the run starts with the preflight (judge answers, no retired model, hub cache or token): it fails in seconds
 srun --ntasks=1 --cpus-per-task="${SLURM_CPUS_PER_TASK:-16}" "$PYTHON" -m zephyr_lib run --profile "$PROFILE" --stages eval,results

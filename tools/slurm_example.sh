@@ -29,12 +29,9 @@ STAGES=${STAGES:-dpo}
 cd "${SLURM_SUBMIT_DIR:-$(pwd)}"
 mkdir -p runs/logs
 
-# The interpreter of the environment active at submission (SLURM exports the environment by default).
-PYTHON=${ZEPHYR_PYTHON:-$(command -v python3 || command -v python || true)}
-if [ -z "$PYTHON" ] || ! "$PYTHON" -c "import zephyr_lib" 2>/dev/null; then
-  echo "error: no python with zephyr_lib: activate the paper environment before sbatch (README: Paper scale) or set ZEPHYR_PYTHON" >&2
-  exit 2
-fi
+# the interpreter of the environment active at submission (SLURM runs a copy of this script, so the
+# helper is read from the submit directory)
+source tools/slurm_common.sh
 # The gated base model needs a token on the nodes, unless everything is already in the hub cache.
 if [ "${HF_HUB_OFFLINE:-0}" != "1" ] && [ -z "${HF_TOKEN:-}" ] && [ ! -s "${HF_HOME:-$HOME/.cache/huggingface}/token" ]; then
   echo "error: HF_TOKEN is not set: mistralai/Mistral-7B-v0.1 is gated (accept its license on the hub), or run" \
