@@ -90,17 +90,17 @@ def parse_prediction(text: str) -> dict:
     return {"label": m["label"].strip(), "metric": m["metric"], "a": m["a"], "op": m["op"], "b": m["b"], "margin": margin}
 
 
-def behaviour_items(world, folder: Path) -> dict[str, dict]:
-    """Per MT-Bench turn of one model: the depth and format-habit flags of its answer (toy world)."""
-    from ..toyworld.checker import depth_and_format
+def behaviour_items(world, specs: dict[int, list[dict]], folder: Path) -> dict[str, dict]:
+    """Per MT-Bench turn of one model: the depth and format-habit flags of its answer (toy world;
+    ``specs``: each question id's turn specs)."""
+    from ..toyworld.checker import assess, depth_and_format
 
-    specs = {int(t.id): t.specs for t in world.mt_bench_tasks()}
     out: dict[str, dict] = {}
     for r in read_jsonl(folder / "predictions.jsonl"):
         turn = int(r["turn"])
         spec = specs[int(r["question_id"])][turn - 1]
-        out[f"{r['question_id']}/{turn}"] = {"category": r["category"],
-                                             **depth_and_format(world, spec, r["answer"], first_turn=turn == 1)}
+        out[f"{r['question_id']}/{turn}"] = {"category": r["category"], **depth_and_format(
+            world, spec, assess(world, spec, r["answer"]), first_turn=turn == 1)}
     return out
 
 
@@ -238,10 +238,12 @@ def build(ctx, out: Path) -> dict:
     if cfg.behaviour or cfg.predictions:
         from ..toyworld import shared_world
         world = shared_world(ctx.world)
-        names = list(dict.fromkeys([*cfg.behaviour, *(x for p in map(parse_prediction, cfg.predictions) for x in (p["a"], p["b"]))]))
-        flags = {m: behaviour_items(world, ev.dir / m / "mt_bench") for m in names if have(m, "mt_bench")}
+        preds = [parse_prediction(p) for p in cfg.predictions]
+        names = list(dict.fromkeys([*cfg.behaviour, *(x for p in preds for x in (p["a"], p["b"]))]))
+        specs = {int(t.id): t.specs for t in world.mt_bench_tasks()}
+        flags = {m: behaviour_items(world, specs, ev.dir / m / "mt_bench") for m in names if have(m, "mt_bench")}
         behaviour = {m: behaviour_summary(flags[m]) for m in cfg.behaviour if m in flags}
-        for p in map(parse_prediction, cfg.predictions):
+        for p in preds:
             if p["a"] not in flags or p["b"] not in flags:
                 continue
             flag, where = ("informative", "depth") if p["metric"] == "informative" else ("compliant", "habit")

@@ -124,7 +124,7 @@ def held_out_before_after(ctx, init, trained: Path, seed: int, prefix: str, n: i
         answers, stopped = agent.respond_many(convs, max_new_tokens=96, return_stopped=True,
                                               desc=f"held-out answers ({who})")
         verdicts = [assess(world, t.specs[0], a) for t, a in zip(probe, answers)]
-        looks = [depth_and_format(world, t.specs[0], a, first_turn=True) for t, a in zip(probe, answers)]
+        looks = [depth_and_format(world, t.specs[0], v, first_turn=True) for t, v in zip(probe, verdicts)]
         scores = [v.score10() for v in verdicts]
         errors = [error_kinds(v) for v in verdicts]
         for r, a, st, sc, er in zip(rows, answers, stopped, scores, errors):

@@ -104,8 +104,8 @@ class ToyAgent:
         text = None
         if rng.random() < self.p.wrong:
             text = self.world.wrong_answer(spec, rng)
-        elif self.p.format_misses and turn == 0 and self.world.format_miss(spec) is not None:
-            text = self.world.format_miss(spec)
+        elif self.p.format_misses and turn == 0 and (habit := self.world.format_miss(spec)) is not None:
+            text = habit
         elif rng.random() < self.p.ignore:
             text = self.world.ignore_constraint(spec, rng)
         if text is None and rng.random() < self.p.informative:

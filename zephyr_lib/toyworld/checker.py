@@ -169,7 +169,7 @@ def _extras(world: World, spec: dict, text: str) -> tuple[bool, bool]:
         said = [k for k in ANIMAL_KINDS if re.search(rf"\b{k}s?\b", text, re.I)]
         return kind in said, any(k != kind for k in said)
     t = world.by_name[spec["entity"]]
-    asked = {"fact": spec.get("attr"), "role": None, "role_item": "goods"}[spec["type"]]
+    asked = world.asked_attr(spec)
     true_extra, false_extra = False, False
     for attr, vocab in (("region", REGIONS), ("color", COLORS), ("goods", GOODS)):
         if attr == asked:
@@ -256,12 +256,11 @@ def assess(world: World, spec: dict, text: str) -> Assessment:
     return a
 
 
-def depth_and_format(world: World, spec: dict, text: str, first_turn: bool) -> dict:
-    """What the fidelity predictions measure on one answer (toy world v3): whether the turn grades
-    depth and the answer adds a further true fact (``informative``), and whether it is a first turn
-    with one of the GPT-3.5 stand-in's format habits (``habit``) that the answer nonetheless
-    meets (``compliant``: no constraint violated)."""
-    a = assess(world, spec, text)
+def depth_and_format(world: World, spec: dict, a: Assessment, first_turn: bool) -> dict:
+    """What the fidelity predictions measure on one graded answer (``a``, from :func:`assess`; toy
+    world v3): whether the turn grades depth and the answer adds a further true fact
+    (``informative``), and whether it is a first turn with one of the GPT-3.5 stand-in's format
+    habits (``habit``) that the answer nonetheless meets (``compliant``: no constraint violated)."""
     habit = first_turn and world.format_miss(spec) is not None
     return {"depth": a.informative is not None, "informative": bool(a.informative),
             "habit": habit, "compliant": habit and not a.violations}

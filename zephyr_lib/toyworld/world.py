@@ -396,11 +396,17 @@ class World:
         if kind not in ("fact", "role", "role_item"):
             return []
         t = self.by_name[spec["entity"]]
-        asked = {"fact": spec.get("attr"), "role": None, "role_item": "goods"}[kind]
+        asked = self.asked_attr(spec)
         facts = {"region": f"{t.name} is in {t.region}.", "color": f"The flag of {t.name} is {t.color}.",
                  "goods": f"{t.name} is famous for its {t.goods}.",
                  "people": f"About {t.people} thousand people live in {t.name}."}
         return [v for k, v in facts.items() if k != asked]
+
+    @staticmethod
+    def asked_attr(spec: dict) -> str | None:
+        """The town attribute a depth-graded town turn itself asks for (its answer states it; a
+        further fact is any other one): the fact asked, the goods of a sale, none for a greeting."""
+        return {"fact": spec.get("attr"), "role": None, "role_item": "goods"}[spec["type"]]
 
     def informative_answer(self, spec: dict, rng: random.Random) -> str | None:
         """The ideal answer plus one further true fact (None where no depth is graded)."""
