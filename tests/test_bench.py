@@ -44,8 +44,10 @@ def test_flops_per_token_is_palms_formula():
 def test_parse_runner_output_reads_the_runner_lines():
     text = ("[1/3] base (base @ 1a2b3c4d5e6f): started\n[1/3] base (base @ 1a2b3c4d5e6f): cached\n"
             "[2/3] sft (sft @ 0a1b2c3d4e5f): started\n[2/3] sft (sft @ 0a1b2c3d4e5f): done in 12.5 s\n"
-            "[3/3] eval (eval @ ffeeddccbbaa): cached\nprofile toy: 3 runs in 13.0 s\n")
-    assert bench.parse_runner_output(text) == {"cached": ["base", "eval"], "executed": {"sft": 12.5}}
+            "[3/3] eval (eval @ ffeeddccbbaa): cached\n"
+            "[4/4] results (results @ 0123456789ab): page rendered in 3.5 s (run cached)\nprofile toy: 4 runs in 16.5 s\n")
+    assert bench.parse_runner_output(text) == {"cached": ["base", "eval"], "executed": {"sft": 12.5},
+                                               "rendered": {"results": 3.5}}
 
 
 def test_performance_page_without_a_bench_says_so(tmp_path):
@@ -58,6 +60,25 @@ def test_performance_page_without_a_bench_says_so(tmp_path):
 def test_matmul_rate_is_a_positive_finite_rate():
     rate = bench.matmul_rate(n=128, seconds=0.05)
     assert math.isfinite(rate) and rate > 0
+
+
+def test_a_runs_rate_is_the_one_recorded_beside_it_in_its_precision():
+    man = {"machine": {"matmul_gflops": {"start": {"fp32": 400.0, "bf16": 2500.0}, "end": {"fp32": 380.0, "bf16": 2400.0}}}}
+    assert bench.run_rate(man, "fp32") == (390e9, True)
+    assert bench.run_rate(man, "bf16") == (2450e9, True)
+    busy = {"machine": {"matmul_gflops": {"start": {"fp32": 400.0}, "end": {"fp32": 100.0}}}}
+    assert bench.run_rate(busy, "fp32") == (250e9, False)  # load came or went during the run: unsteady
+    assert bench.run_rate(busy, "bf16") == (None, False)  # not measured in that precision
+    assert bench.run_rate({"machine": {}}, "fp32") == (None, False)  # stored before rates were recorded
+
+
+def test_floor_summary_names_unsteady_runs_and_the_whole_builds_ratio():
+    f = {"flops": 3e14, "floor_s": 600.0, "precisions": ["bf16"], "build_s": 1500.0, "build_ratio": 2.5,
+         "unsteady": ["sft"], "rates_not_recorded": [],
+         "runs": [{"wall_s": 700.0}, {"wall_s": 500.0}]}
+    text = bench.floor_summary(f)
+    assert "10.0 min" in text and "(bf16)" in text and "20.0 min (50% of the rate)" in text
+    assert "25.0 min = 2.5× the floor" in text and "Unreliable" in text and "sft" in text
 
 
 def test_a_measurement_in_its_own_process_reports_a_clear_error(tmp_path):

@@ -164,6 +164,15 @@ def test_the_book_builds_strictly(built_book):
     perf = (site / "book" / "generated" / "performance.md").read_text()
     own = perf.split("### Side by side")[0]
     assert "### Stage times" in own and "| dpo_base | dpo |" in own and "TFLOP" in own, own
+    assert "at the matmul rate each run had" in own and "run(s) were stored before rates" not in own, own
+    # every training run recorded the machine's matmul rate at its start and end, in GFLOP/s
+    for man in (site / "runs" / "smoke").glob("*/*/manifest.json"):
+        m = json.loads(man.read_text())
+        rates = m["machine"].get("matmul_gflops")
+        if m["stage"] in ("base", "sft", "dpo"):
+            assert rates and all(rates[k]["fp32"] > 0 for k in ("start", "end")), man
+        else:
+            assert rates is None, man
     assert "No benchmark has run" in perf
 
 

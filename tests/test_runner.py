@@ -28,13 +28,32 @@ def test_run_executes_caches_and_hides_parameters(tmp_path):
     p = zephyr(tmp_path, "run", "--profile", "smoke", "--stages", "curate")
     assert p.returncode == 0, p.stderr + p.stdout
     assert "curate (curate @" in p.stdout and "done in" in p.stdout
-    nb = nbformat.read(tmp_path / "book" / "01_curate.ipynb", as_version=4)
+    nb = nbformat.read(tmp_path / "runs" / "smoke" / "executed" / "curate.ipynb", as_version=4)
     assert nb.metadata["zephyr"]["run"] == "curate"
     tagged = [c for c in nb.cells if "injected-parameters" in c.metadata.get("tags", [])]
     assert tagged and "remove-input" in tagged[0].metadata["tags"]
     assert not any(o.get("output_type") == "error" for c in nb.cells if c.cell_type == "code" for o in c.outputs)
     again = zephyr(tmp_path, "run", "--profile", "smoke", "--stages", "curate")
-    assert again.returncode == 0 and "cached" in again.stdout
+    assert again.returncode == 0 and "curate @" in again.stdout and ": cached" in again.stdout
+
+
+def test_profiles_keep_their_own_pages_and_a_missing_page_is_rendered_not_rebuilt(tmp_path):
+    """Building one profile never makes another's pages stale (they lived in one shared folder:
+    an unchanged rerun re-executed the 7 stage-named pages), and a complete run whose page is
+    missing only re-renders it, reported apart from a build."""
+    assert zephyr(tmp_path, "run", "--profile", "smoke", "--stages", "curate").returncode == 0
+    other = zephyr(tmp_path, "run", "--profile", "toy", "--stages", "curate", "--set", "curate.n_dialogues=300")
+    assert other.returncode == 0 and "done in" in other.stdout, other.stderr
+    again = zephyr(tmp_path, "run", "--profile", "smoke", "--stages", "curate")
+    assert again.returncode == 0 and ": done in" not in again.stdout
+    (tmp_path / "runs" / "smoke" / "executed" / "curate.ipynb").unlink()
+    p = zephyr(tmp_path, "run", "--profile", "smoke", "--stages", "curate")
+    assert p.returncode == 0 and "page rendered in" in p.stdout and "(run cached)" in p.stdout, p.stdout
+    from zephyr_lib.bench import parse_runner_output
+    parsed = parse_runner_output(p.stdout)
+    assert list(parsed["rendered"]) == ["curate"] and parsed["executed"] == {}
+    assert (tmp_path / "runs" / "smoke" / "executed" / "curate.ipynb").is_file()
+    assert not (tmp_path / "book" / "01_curate.ipynb").exists()  # `zephyr book` publishes pages, not `run`
 
 
 def test_same_config_and_seed_give_byte_identical_datasets(tmp_path):
@@ -54,7 +73,7 @@ def test_a_failing_stage_names_run_cell_and_log_and_never_reaches_the_book(tmp_p
                "--set", "curate.source=/nonexistent/raw_ultrachat.jsonl")
     assert p.returncode == 1
     assert "run 'curate'" in p.stderr and "code cell" in p.stderr and "curate.log" in p.stderr
-    assert not (tmp_path / "book" / "01_curate.ipynb").exists()
+    assert not (tmp_path / "runs" / "smoke" / "executed" / "curate.ipynb").exists()
     assert not list((tmp_path / "runs" / "smoke" / "curate").glob("[0-9a-f]*"))
 
 

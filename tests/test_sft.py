@@ -31,7 +31,7 @@ def test_chat_template_is_zephyrs_byte_for_byte(tiny_base):
 
 def _cfg(**kw):
     base = dict(learning_rate=3e-3, num_train_epochs=6, per_device_train_batch_size=16, max_length=96,
-                logging_steps=5, eval_steps=20, save_steps=20, warmup_ratio=0.1)
+                logging_steps=5, eval_steps=20, save_steps=20, warmup_ratio=0.1, precision="fp32")
     return SFTConfig(**{**base, **kw})
 
 

@@ -68,7 +68,7 @@ def test_the_registry_is_the_one_list_of_stages():
 def test_sft_and_dpo_share_one_training_base():
     from zephyr_lib.stages.training import TrainingConfig
     shared = {f.name for f in dataclasses.fields(TrainingConfig)}
-    assert {"num_processes", "gradient_accumulation_steps", "use_peft", "lora_r", "bf16", "accelerate_config"} <= shared
+    assert {"num_processes", "gradient_accumulation_steps", "use_peft", "lora_r", "precision", "accelerate_config"} <= shared
     for st in ("sft", "dpo"):
         assert issubclass(STAGES[st].config, TrainingConfig)
 

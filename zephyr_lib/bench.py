@@ -82,18 +82,26 @@ SIZES = {"toy": BenchSizes(pretrain_steps=12, sft_steps=24, dpo_steps=18), "smok
 # ---- hardware and model FLOPs -------------------------------------------------------------
 
 def matmul_rate(n: int = 2048, seconds: float = 2.0) -> float:
-    """fp32 FLOP/s of an n×n matmul loop on this machine, with torch's current thread setting."""
-    import torch
+    """fp32 FLOP/s of an n×n matmul loop on this machine (``modeling.matmul_rate``)."""
+    from .modeling import matmul_rate as rate
 
-    a, b = torch.randn(n, n), torch.randn(n, n)
-    torch.mm(a, b)  # warm-up
-    iters, t0 = 0, time.perf_counter()
-    while True:
-        torch.mm(a, b)
-        iters += 1
-        dt = time.perf_counter() - t0
-        if dt >= seconds:
-            return 2.0 * n ** 3 * iters / dt
+    return rate(n=n, seconds=seconds)
+
+
+UNSTEADY = 0.25  # a run whose matmul rate at its end differs from its start by more than this shared the machine
+
+
+def run_rate(manifest: dict, precision: str) -> tuple[float | None, bool]:
+    """(FLOP/s, steady) of one training run, from the matmul rates its manifest recorded at the
+    start and end of the run, in the precision it trained in: the mean of the two, and whether they
+    agree within :data:`UNSTEADY` (if not, load changed during the run and a floor against it is
+    unreliable). ``(None, False)`` for a run stored before the rates were recorded."""
+    rec = (manifest.get("machine") or {}).get("matmul_gflops") or {}
+    pair = [(rec.get(k) or {}).get(precision) for k in ("start", "end")]
+    if None in pair:
+        return None, False
+    a, b = pair
+    return (a + b) / 2 * 1e9, abs(a - b) <= UNSTEADY * max(a, b)
 
 
 def flops_per_token(model_config, seq_len: int, n_params: int) -> float:
@@ -346,20 +354,24 @@ def bench_generate(model_dir: Path, prompts, max_new_tokens: int, batch_size: in
             "n_identical": len(prompts) - len(mismatches), "mismatches": mismatches}
 
 
-RUN_LINE = re.compile(r"^\[\d+/\d+\] (\S+) \((\w+) @ (\w+)\): (cached|done in ([\d.]+) s)")
+RUN_LINE = re.compile(r"^\[\d+/\d+\] (\S+) \((\w+) @ (\w+)\): "
+                      r"(cached|done in ([\d.]+) s|page rendered in ([\d.]+) s \(run cached\))")
 
 
 def parse_runner_output(text: str) -> dict:
-    """The runner's per-run lines -> {"cached": [runs], "executed": {run: seconds}}."""
-    cached, executed = [], {}
+    """The runner's per-run lines -> {"cached": [runs], "executed": {run: seconds} (runs built),
+    "rendered": {run: seconds} (complete runs whose page alone was executed again)}."""
+    cached, executed, rendered = [], {}, {}
     for line in text.splitlines():
         m = RUN_LINE.match(line.strip())
         if m:
             if m.group(4) == "cached":
                 cached.append(m.group(1))
-            else:
+            elif m.group(5) is not None:
                 executed[m.group(1)] = float(m.group(5))
-    return {"cached": cached, "executed": executed}
+            else:
+                rendered[m.group(1)] = float(m.group(6))
+    return {"cached": cached, "executed": executed, "rendered": rendered}
 
 
 def bench_rerun(profile: str) -> dict:
@@ -382,19 +394,25 @@ def bench_rerun(profile: str) -> dict:
                                              f"{(proc.stderr or proc.stdout)[-400:]}"}
     parsed = parse_runner_output(proc.stdout)
     steps = calls = 0
-    for run in parsed["executed"]:
+    for run in parsed["executed"]:  # only runs this rerun built did their work here; a re-rendered page did none
         ctx = context(prof, run)
         m = ctx.metrics() if ctx.complete else {}
         steps += int(m.get("steps", 0) or 0)
         calls += int((m.get("judge_stats") or {}).get("calls", 0) or 0)
     return {"measured": True, "wall_s": wall, "runs_cached": len(parsed["cached"]),
-            "runs_executed": sorted(parsed["executed"]), "training_steps": steps, "judge_calls": calls}
+            "runs_executed": sorted(parsed["executed"]), "pages_rendered": sorted(parsed["rendered"]),
+            "training_steps": steps, "judge_calls": calls}
 
 
 def plan_floor(profile: str, rate: float) -> dict:
-    """The profile's training compute, counted from the stored runs, and the time it needs at
-    ``rate`` FLOP/s (the measured fp32 matmul rate): a lower bound on any implementation's time
-    for the plan on this machine, whatever it does about padding, caching or threads.
+    """The profile's training compute, counted from the stored runs, and the time it needs at the
+    machine's matmul rate: a lower bound on any implementation's time for the plan on this machine,
+    whatever it does about padding, caching or threads.
+
+    Each run's rate is the one recorded beside it (its manifest: the matmul rate at the start and
+    end of the run, in the precision it trained in, :func:`run_rate`), so load on the machine
+    lowers the rate and the work alike; a run whose two rates disagree is marked unsteady. ``rate``
+    (fp32, measured now) stands in only for runs stored before rates were recorded.
 
     Counted, per trained run: every training token (6·N + 12·L·d·T model FLOPs, as the pretraining
     measurement; T = the run's mean sequence length), the in-training evaluations (forward only:
@@ -432,13 +450,18 @@ def plan_floor(profile: str, rate: float) -> dict:
     for run in runs:
         ctx = context(prof, run.name)
         cfg, m = ctx.cfg, ctx.metrics()
+        man = ctx.manifest()
+        precision = m.get("precision", "fp32")
+        r_rate, steady = run_rate(man, precision)
+        timing = {"wall_s": man.get("wall_time_s"), "precision": precision, "rate": r_rate or rate,
+                  "rate_recorded": r_rate is not None, "steady": steady}
         if run.stage == "base":
             if getattr(cfg, "pretrained", ""):
                 continue
             tokens = m["n_train_tokens"] * cfg.num_train_epochs
             flops = per_token(ctx.dir / "model", cfg.seq_len) * tokens
             rows.append({"run": run.name, "stage": "base", "train_tokens": tokens, "mean_length": cfg.seq_len,
-                         "flops": flops, "wall_s": ctx.manifest().get("wall_time_s")})
+                         "flops": flops, **timing})
             total += flops
             continue
         init, data = ctx.resolve(cfg.init), ctx.resolve(cfg.data)
@@ -468,11 +491,18 @@ def plan_floor(profile: str, rate: float) -> dict:
                 ref_passes.add(ref_key)
                 flops += f_tok / 3 * (sum(train_lens) + sum(test_lens))
         rows.append({"run": run.name, "stage": run.stage, "train_tokens": train_tokens, "evals": n_evals,
-                     "mean_length": mean_len, "flops": flops, "wall_s": ctx.manifest().get("wall_time_s")})
+                     "mean_length": mean_len, "flops": flops, **timing})
         total += flops
     for r in rows:
-        r["floor_s"] = r["flops"] / rate
-    return {"measured": True, "rate": rate, "flops": total, "floor_s": total / rate, "runs": rows,
+        r["floor_s"] = r["flops"] / r["rate"]
+    every = [context(prof, r.name) for r in prof.order()]
+    build_s = sum(c.manifest().get("wall_time_s") or 0 for c in every if c.complete)
+    floor_s = sum(r["floor_s"] for r in rows)
+    return {"measured": True, "rate": rate, "flops": total, "floor_s": floor_s, "runs": rows,
+            "precisions": sorted({r["precision"] for r in rows}),
+            "unsteady": [r["run"] for r in rows if r["rate_recorded"] and not r["steady"]],
+            "rates_not_recorded": [r["run"] for r in rows if not r["rate_recorded"]],
+            "build_s": build_s, "build_ratio": build_s / floor_s if floor_s else None,
             "not_counted": "generation, lm-eval log-likelihoods, tokenization, judging, start-up"}
 
 
@@ -659,8 +689,9 @@ def table_rows(result: dict) -> list[tuple[str, str, str, str]]:
     ]
     r = result.get("rerun", {})
     if r.get("measured"):
-        rows.append(("unchanged rerun: wall s / training steps / judge calls",
-                     f"{r['wall_s']:.1f} / {r['training_steps']} / {r['judge_calls']}", "", ""))
+        rows.append(("unchanged rerun: wall s / runs built / training steps / judge calls / pages re-rendered",
+                     f"{r['wall_s']:.1f} / {len(r['runs_executed'])} / {r['training_steps']} / {r['judge_calls']} / "
+                     f"{len(r.get('pages_rendered', []))}", "", ""))
     else:
         rows.append(("unchanged rerun", "not measured", "", ""))
     return rows
@@ -679,10 +710,26 @@ def format_table(result: dict) -> str:
         lines.append(f"unchanged rerun not measured: {result.get('rerun', {}).get('reason', '')}")
     f = result.get("floor") or {}
     if f.get("measured"):
-        wall = sum(r["wall_s"] or 0 for r in f["runs"])
-        lines.append(f"training compute of the plan: {f['flops'] / 1e12:.1f} TFLOP = {f['floor_s'] / 60:.1f} min at the matmul "
-                     f"rate; its runs took {wall / 60:.1f} min ({f['floor_s'] / wall:.0%} of the rate)")
+        lines.append(floor_summary(f))
     return "\n".join(lines)
+
+
+def floor_summary(f: dict) -> str:
+    """One paragraph: the plan's compute floor, its training runs' share of it, the whole build's
+    ratio to it, and what makes a figure unreliable (rates that moved during a run, or not recorded)."""
+    wall = sum(r["wall_s"] or 0 for r in f["runs"])
+    text = (f"training compute of the plan: {f['flops'] / 1e12:.1f} TFLOP = {f['floor_s'] / 60:.1f} min at the matmul rate "
+            f"each run had ({'/'.join(f.get('precisions', ['fp32']))}); its training runs took {wall / 60:.1f} min "
+            f"({f['floor_s'] / wall:.0%} of the rate)")
+    if f.get("build_ratio"):
+        text += f"; all the plan's runs took {f['build_s'] / 60:.1f} min = {f['build_ratio']:.1f}× the floor"
+    if f.get("unsteady"):
+        text += (f". Unreliable: the matmul rate moved by more than {UNSTEADY:.0%} during {', '.join(f['unsteady'])} "
+                 f"(another process shared the cores)")
+    if f.get("rates_not_recorded"):
+        text += (f". {len(f['rates_not_recorded'])} run(s) were stored before rates were recorded beside them; "
+                 f"for those the rate measured now stands in (it reads low on a busy machine)")
+    return text
 
 
 def floor_lines(f: dict) -> list[str]:
@@ -692,20 +739,20 @@ def floor_lines(f: dict) -> list[str]:
     from .tables import markdown
     if not f.get("measured"):
         return ["", "### The plan's compute floor", "", f"Not measured: {f.get('reason', 'no store')}."]
-    wall = sum(r["wall_s"] or 0 for r in f["runs"])
     lines = ["", "### The plan's compute floor", "",
              f"The training runs of this profile's plan, counted from the store: every training token at "
              f"6·N + 12·L·d·T model FLOPs, the in-training evaluations and dDPO's reference passes (forward, a "
-             f"third of that). In all {f['flops'] / 1e12:.1f} TFLOP, which take **{f['floor_s'] / 60:.1f} min** at "
-             f"the measured matmul rate ({f['rate'] / 1e9:.0f} GFLOP/s): no implementation of these runs can be "
-             f"faster on this machine. The runs took {wall / 60:.1f} min ({f['floor_s'] / wall:.0%} of the rate, "
-             f"notebook start-up, probes and checkpoints included). Not counted, so the floor is low: "
-             f"{f['not_counted']}.", "",
+             f"third of that), each run's FLOPs at the matmul rate recorded beside it (at its start and end, in "
+             f"the precision it trained in): no implementation of these runs can be faster on this machine. "
+             f"Not counted, so the floor is low: {f['not_counted']}.", "",
+             floor_summary(f) + ".", "",
              markdown(pd.DataFrame([{
-                 "run": r["run"], "stage": r["stage"], "training tokens": r["train_tokens"],
-                 "mean length": r["mean_length"], "floor (s)": r["floor_s"], "took (s)": r.get("wall_s") or 0,
-                 "share of the rate": f"{(r['floor_s'] / r['wall_s'] if r.get('wall_s') else 0):.0%}"}
-                 for r in f["runs"]]), {"training tokens": 0, "mean length": 0, "took (s)": 0})]
+                 "run": r["run"], "stage": r["stage"], "precision": r.get("precision", "fp32"),
+                 "rate (GFLOP/s)": r.get("rate", f["rate"]) / 1e9, "training tokens": r["train_tokens"],
+                 "floor (s)": r["floor_s"], "took (s)": r.get("wall_s") or 0,
+                 "share of the rate": f"{(r['floor_s'] / r['wall_s'] if r.get('wall_s') else 0):.0%}"
+                                      + ("" if r.get("steady", True) else " (unsteady)")}
+                 for r in f["runs"]]), {"rate (GFLOP/s)": 0, "training tokens": 0, "took (s)": 0})]
     return lines
 
 
@@ -734,10 +781,10 @@ def ratio_chart_png(result: dict) -> bytes:
     return buf.getvalue()
 
 
-def this_build_lines(profile: str, bench_floor: dict | None = None) -> list[str]:
+def this_build_lines(profile: str) -> list[str]:
     """The Performance page's measurements of the build itself, with or without `make bench`:
-    each run's wall time from its manifest, and the plan's compute floor (from ``bench_floor`` when
-    a bench measured it, else counted from the store at the fp32 matmul rate measured now)."""
+    each run's wall time from its manifest, and the plan's compute floor counted from the store at
+    the matmul rates recorded beside each run (:func:`plan_floor`)."""
     import pandas as pd
 
     from .plan import load_profile
@@ -760,17 +807,8 @@ def this_build_lines(profile: str, bench_floor: dict | None = None) -> list[str]
              f"The wall time of each run of the `{profile}` profile, from its manifest ({len(rows)} runs, "
              f"{total / 60:.1f} min in all, on {cpu}):", "",
              markdown(pd.DataFrame(rows), {"wall time (s)": 1}), ""]
-    floor = bench_floor if (bench_floor or {}).get("measured") else None
-    if floor is None:
-        rate = matmul_rate()
-        floor = plan_floor(profile, rate)
-        if floor.get("measured"):
-            floor["rate_note"] = ("the matmul rate was measured when this page was written (`zephyr book`), "
-                                  "not while the runs trained: on a busy machine it reads low")
-    lines += floor_lines(floor)
-    if floor.get("rate_note"):
-        lines += ["", f"({floor['rate_note']}.)"]
-    return lines + [""]
+    floor = plan_floor(profile, matmul_rate(seconds=0.5))  # the runs' own rates; this one only for older runs
+    return lines + floor_lines(floor) + [""]
 
 
 def write_performance_page(bench_json: str | Path, out_dir: str | Path, profile: str | None = None) -> Path:
@@ -780,7 +818,7 @@ def write_performance_page(bench_json: str | Path, out_dir: str | Path, profile:
     no side-by-side benchmark has run and how to run one. Returns the page's path."""
     out_dir, bench_json = Path(out_dir), Path(bench_json)
     result = read_json(bench_json) if bench_json.is_file() else None
-    own = this_build_lines(profile, (result or {}).get("floor")) if profile else []
+    own = this_build_lines(profile) if profile else []
     if result is None:
         text = "\n".join(own + [
             "### Side by side with the libraries' defaults", "",

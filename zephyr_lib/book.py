@@ -12,8 +12,8 @@ from __future__ import annotations
 import json
 
 from .config import REPO
-from .io import atomic_write_text
-from .runner import BOOK_STAGES, executed_hash, executed_path, notebook_hash
+from .io import atomic_write_bytes, atomic_write_text
+from .runner import BOOK_STAGES, book_page, executed_hash, executed_path, notebook_hash
 from .plan import load_profile
 from .store import context
 
@@ -75,7 +75,9 @@ def provenance_markdown(profile) -> str:
 
 
 def prepare(profile_name: str) -> list[str]:
-    """Check every stage page exists for this profile's current config; write provenance."""
+    """Check every stage page exists for this profile's current config, publish it into
+    ``book/stages/`` (a copy of the executed notebook of the run named like the stage, atomically
+    replaced); write provenance and the Performance page. Returns the problems found."""
     profile = load_profile(profile_name)
     problems = []
     for stage in dict.fromkeys(r.stage for r in profile.runs.values()):  # the stages the plan uses
@@ -91,6 +93,10 @@ def prepare(profile_name: str) -> list[str]:
         elif executed_hash(path, "notebook") != notebook_hash(stage):
             problems.append(f"{path} was executed from an older notebooks/{path.name}: "
                             f"python -m zephyr_lib run --profile {profile.name} (re-renders the page, reuses the run)")
+        else:
+            page = book_page(profile, stage)
+            page.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write_bytes(page, path.read_bytes())
     GENERATED.mkdir(parents=True, exist_ok=True)
     atomic_write_text(GENERATED / "provenance.md", provenance_markdown(profile))
     from .bench import write_performance_page

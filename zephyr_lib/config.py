@@ -183,6 +183,8 @@ N_ALPACA_MAX = 200  # training prompts exclude every prompt (and paraphrase) any
 TOY_JUDGE_VERSION = "toy-judge-v3"
 # the `attn_implementation` setting of the stages that load models (modeling.resolve_attn_implementation)
 ATTN_IMPLEMENTATIONS = ("auto", "sdpa", "flash_attention_2", "eager")
+# the `precision` setting of the training stages (modeling.resolve_precision)
+PRECISIONS = ("auto", "bf16", "fp32")
 
 
 # --------------------------------------------------------------------------------------------
@@ -374,10 +376,16 @@ def _hash(profile: Profile, name: str, memo: dict) -> str:
 
 def hashed_config(cfg: Any) -> dict:
     """The config as hashed: fields marked ``hash_omit_default`` (options added later, such as
-    LoRA) are left out while they hold their default, so adding them kept existing run hashes."""
+    LoRA) are left out while they hold their default, so adding them kept existing run hashes.
+    A field with ``hash_as`` (a function of the config and the field's value returning
+    ``{key: value}``) is hashed as the
+    entries that returns, in its place: ``precision`` hashes the precision the machine resolves it
+    to, in the encoding runs had before the setting existed (so an fp32 run keeps its hash)."""
     out = dataclasses.asdict(cfg)
     for f in dataclasses.fields(cfg):
-        if f.metadata.get("hash_omit_default"):
+        if f.metadata.get("hash_as"):
+            out.update(f.metadata["hash_as"](cfg, out.pop(f.name)))
+        elif f.metadata.get("hash_omit_default"):
             default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
             if out[f.name] == default:
                 del out[f.name]

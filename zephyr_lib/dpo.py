@@ -455,6 +455,6 @@ def train(cfg: DPOConfig, init: Path | str, data: Path | str, out: Path, *, call
         metrics={"steps": trainer.state.global_step, "n_train": len(trainer.train_dataset),
                  "n_test": len(trainer.eval_dataset), "global_batch_size": cfg.global_batch_size,
                  "n_prompts_truncated": prefs["n_prompts_truncated"],
-                 "attn_implementation": attention, "train_attention": train_attention,
+                 "attn_implementation": attention, "train_attention": train_attention, "precision": "bf16" if args.bf16 else "fp32",
                  **{k: v for k, v in final.items() if k.startswith("eval_")}},
         ref_logps={side: [float(x) for x in ref[f"ref_{side}_logps"]] for side in ("chosen", "rejected")})

@@ -6,10 +6,13 @@
 
 Every run of the plan is one papermill execution of its stage's notebook (in a subprocess, repo
 root as working directory, kernel ``python3``, a per-stage time limit, a log per stage). A run
-whose config and upstream hashes already have a complete folder is skipped ("cached"). The
-executed notebook of a stage's main run (the run named like the stage) goes into
-``book/stages/``; other runs' executed notebooks go to ``runs/<profile>/executed/``. A failed
-notebook never reaches the book: the error names the run, the failing cell and the log.
+whose config and upstream hashes already have a complete folder is skipped ("cached"); one whose
+run is complete but whose page is not current (the notebook changed) only re-renders its page
+("rendered": the stage finds its run and computes nothing). Every executed notebook goes to
+``runs/<profile>/executed/<run>.ipynb``, in the profile's own store, so building one profile never
+makes another's pages stale; ``zephyr book`` publishes the pages of the runs named like their
+stage into ``book/stages/``. A failed notebook never reaches the book: the error names the run,
+the failing cell and the log.
 
 The runner owns what it starts. Every process of a stage (papermill, its kernel, anything the
 kernel starts, e.g. an ``accelerate launch`` job, in whatever session) carries a token in its
@@ -259,10 +262,23 @@ def _finish_notebook(path: Path, run_name: str, run_hash: str, page: str = "") -
 
 
 def executed_path(profile: Profile, run_name: str) -> Path:
-    run = profile.runs[run_name]
-    if run_name == run.stage:
-        return BOOK_STAGES / f"{run.spec.notebook}.ipynb"
+    """Where a run's executed notebook is kept: in the profile's store (never shared by profiles)."""
+    profile.runs[run_name]  # an unknown run is a KeyError here, not a path nobody reads
     return RUNS_DIR / profile.name / "executed" / f"{run_name}.ipynb"
+
+
+def book_page(profile: Profile, stage: str) -> Path:
+    """The book's page of a stage: ``book/stages/<notebook>.ipynb`` (``zephyr book`` copies the
+    executed notebook of the run named like the stage there)."""
+    return BOOK_STAGES / f"{profile.runs[stage].spec.notebook}.ipynb"
+
+
+def outcome(state: str, t0: float) -> str:
+    """The runner's report of one run: 'cached', 'page rendered in S s (run cached)' or 'done in S s'."""
+    if state == "cached":
+        return "cached"
+    took = f"{time.time() - t0:.1f} s"
+    return f"page rendered in {took} (run cached)" if state == "rendered" else f"done in {took}"
 
 
 def executed_hash(path: Path, key: str = "hash") -> str | None:
@@ -378,7 +394,8 @@ def _ignoring_signals():
 
 def execute_run(profile: Profile, run_name: str, overrides: dict, force: bool, timeout_s: float,
                 log_dir: Path, threads: int | None = None, running: dict | None = None) -> str:
-    """Execute one run's notebook; returns 'cached' or 'done'. Raises StageFailed, StoreError
+    """Execute one run's notebook; returns 'cached' (nothing ran), 'rendered' (the run was complete:
+    only its page was executed again) or 'done'. Raises StageFailed, StoreError
     (the store could not be written: one line naming the path), or a KeyboardInterrupt after
     stopping every process of the stage. ``threads``: the CPU threads the stage may use (when
     several run at once); ``running``: a registry where the stage's process token and lock path
@@ -392,6 +409,10 @@ def execute_run(profile: Profile, run_name: str, overrides: dict, force: bool, t
                 return "cached"
         except CorruptRunError as e:
             raise StageFailed(str(e)) from None
+    try:
+        rendering = not force and ctx.complete
+    except CorruptRunError as e:
+        raise StageFailed(str(e)) from None
     nb_in = NOTEBOOKS / f"{ctx.run.spec.notebook}.ipynb"
     params = {"profile": profile.name if profile.path.parent == REPO / "configs" else str(profile.path),
               "run": run_name, "overrides": overrides, "force": force}
@@ -467,7 +488,7 @@ def execute_run(profile: Profile, run_name: str, overrides: dict, force: bool, t
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     failed.unlink(missing_ok=True)  # an earlier failure of this run is history now
-    return "done"
+    return "rendered" if rendering else "done"
 
 
 TEMP_OWNER = ".zephyr-owner.json"  # in each temporary folder of a stage: the runner that made it
@@ -568,7 +589,7 @@ def _run_parallel(profile: Profile, plan: list, run_overrides, forced: set[str],
                         failure = failure or e
                         continue
                     done.add(name)
-                    echo(f"{tag}: {'cached' if state == 'cached' else f'done in {time.time() - t0:.1f} s'}", flush=True)
+                    echo(f"{tag}: {outcome(state, t0)}", flush=True)
         except KeyboardInterrupt:  # the worker threads cannot be interrupted: stop their stages from here
             saved = _ignoring_signals()
             try:
@@ -657,7 +678,7 @@ def run_pipeline(profile_name: str, stages: list[str] | None = None, sets: list[
                 echo(f"{tag}: started", flush=True)
                 t0 = time.time()
                 state = execute_run(profile, run.name, run_overrides(run.name), run.name in forced, timeout_s, log_dir)
-                echo(f"{tag}: {'cached' if state == 'cached' else f'done in {time.time() - t0:.1f} s'}", flush=True)
+                echo(f"{tag}: {outcome(state, t0)}", flush=True)
         else:
             _run_parallel(profile, plan, run_overrides, forced, timeout_s, log_dir, jobs, echo, current)
     except KeyboardInterrupt as e:

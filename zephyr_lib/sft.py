@@ -111,4 +111,4 @@ def train(cfg: SFTConfig, init: Path, data: Path, out: Path, callbacks: list | N
                        metrics={"eval_loss": final["eval_loss"], "steps": trainer.state.global_step,
                                 "n_train": len(train_ds), "n_test": len(test_ds),
                                 "global_batch_size": cfg.global_batch_size,
-                                "attn_implementation": attention, "train_attention": train_attention})
+                                "attn_implementation": attention, "train_attention": train_attention, "precision": "bf16" if args.bf16 else "fp32"})

@@ -24,3 +24,4 @@ class Stage:
     resumable: bool = False  # keep an interrupted attempt's partial folder (checkpoints) and resume
     trainer: str = ""  # its TRL wrapper module (e.g. 'zephyr_lib.sft', with train(cfg, init, data, out)); trains through zephyr_lib.launch
     alone: bool = False  # with `zephyr run --jobs N`: runs with every core, never beside another run
+    trains: bool = False  # its runs train a model: the manifest records the machine's matmul rates at their start and end (the bench's compute floor)

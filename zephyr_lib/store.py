@@ -79,6 +79,13 @@ def cpu_name() -> str:
     return f"{name} ({vector})" if vector else name
 
 
+def _matmul_rates() -> dict:
+    """The machine's matmul rates now (``modeling.matmul_rates``: a fraction of a second)."""
+    from .modeling import matmul_rates
+
+    return matmul_rates()
+
+
 def git_state() -> dict[str, Any]:
     def git(*args: str) -> str:
         return subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True, timeout=20).stdout.strip()
@@ -448,6 +455,7 @@ class RunContext:
                 self.partial_dir.mkdir(exist_ok=True)
                 write_json(self.partial_dir / BUILD_INFO, {"resumable": resumable, "run": self.run.name,
                                                            "stage": self.run.stage})
+            rates = {"start": _matmul_rates()} if self.run.spec.trains else None
             start = time.time()
             try:
                 yield self.partial_dir
@@ -460,6 +468,8 @@ class RunContext:
                     raise
                 raise StoreError(line) from e
             end = time.time()
+            if rates is not None:
+                rates["end"] = _matmul_rates()
             with store_op():
                 (self.partial_dir / BUILD_INFO).unlink(missing_ok=True)
                 dangling = files_naming(self.partial_dir, str(self.partial_dir))
@@ -479,7 +489,8 @@ class RunContext:
                     "git": git_state(),
                     "packages": package_versions(),
                     "machine": {"platform": platform.platform(), "cpu": cpu_name(), "cpus": os.cpu_count(),
-                                "threads": _int_env(THREADS_ENV) or os.cpu_count()},  # less: ran beside another run
+                                "threads": _int_env(THREADS_ENV) or os.cpu_count(),  # less: ran beside another run
+                                **({"matmul_gflops": rates} if rates is not None else {})},
                     "start": dt.datetime.fromtimestamp(start, dt.timezone.utc).isoformat(timespec="seconds"),
                     "end": dt.datetime.fromtimestamp(end, dt.timezone.utc).isoformat(timespec="seconds"),
                     "wall_time_s": round(end - start, 2),

@@ -9,9 +9,10 @@ import random
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..config import ConfigError, StageConfig, opt
+from ..config import PRECISIONS, ConfigError, StageConfig, opt
 from ..io import write_json, write_jsonl
 from ..stage import Stage
+from .training import base_precision_hashed
 
 
 @dataclass(frozen=True)
@@ -33,6 +34,7 @@ class BaseConfig(StageConfig):
     learning_rate: float = opt(2e-3, "Peak AdamW learning rate (cosine schedule).", gt=0)
     warmup_ratio: float = opt(0.05, "Fraction of steps of linear warmup.", ge=0, lt=1)
     batch_size: int = opt(32, "Blocks per optimizer step.", ge=1)
+    precision: str = opt("auto", "Training precision: auto = bf16 mixed precision where the CPU/GPU has native bf16 (AMX, AVX-512 BF16, bf16 GPUs), else fp32; or bf16, fp32. The run hash holds the resolved value; metrics.json records it.", choices=PRECISIONS, hash_as=base_precision_hashed)
     seed: int = opt(0, "Training seed.")
 
     def __post_init__(self) -> None:
@@ -71,7 +73,7 @@ def build(ctx, out: Path) -> dict:
     metrics = {"n_params": sum(p.numel() for p in model.parameters()), "vocab_size": len(tok),
                "n_docs": len(docs), "n_train_tokens": (len(blocks) - n_eval) * cfg.seq_len,
                "eval_loss": res["eval_loss"], "eval_perplexity": res["eval_perplexity"],
-               "steps": res["steps"], "fact_recall": probes["recall"]}
+               "steps": res["steps"], "precision": res["precision"], "fact_recall": probes["recall"]}
     write_jsonl(out / "log_history.jsonl", res["log_history"])
     write_jsonl(out / "fact_probe.jsonl", probes["rows"])
     write_json(out / "metrics.json", metrics)
@@ -95,5 +97,5 @@ def fact_probe(model, tok, world, max_new_tokens: int = 8) -> dict:
     return {"recall": sum(r["correct"] for r in rows) / len(rows), "rows": rows}
 
 
-STAGE = Stage("base", BaseConfig, notebook="00_base", artifact="model", build=build, resumable=True,
+STAGE = Stage("base", BaseConfig, notebook="00_base", artifact="model", build=build, resumable=True, trains=True,
               alone=True)  # the long run the whole plan waits for

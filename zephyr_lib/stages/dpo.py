@@ -96,5 +96,5 @@ def on_policy_diagnostics(ctx, res) -> dict:
     return {"on_policy": on_policy, "on_policy_ambiguous_prompts": len(repeated)} if on_policy else {}
 
 
-STAGE = Stage("dpo", DPOConfig, notebook="04_dpo", artifact="model", build=build, resumable=True,
+STAGE = Stage("dpo", DPOConfig, notebook="04_dpo", artifact="model", build=build, resumable=True, trains=True,
               trainer="zephyr_lib.dpo")

@@ -37,5 +37,5 @@ def build(ctx, out: Path) -> dict:
     return train_and_probe(ctx, out, probe_seed=10_000)
 
 
-STAGE = Stage("sft", SFTConfig, notebook="02_sft", artifact="model", build=build, resumable=True,
+STAGE = Stage("sft", SFTConfig, notebook="02_sft", artifact="model", build=build, resumable=True, trains=True,
               trainer="zephyr_lib.sft")

@@ -11,8 +11,25 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..config import ATTN_IMPLEMENTATIONS, StageConfig, opt, ref
+from ..config import ATTN_IMPLEMENTATIONS, PRECISIONS, StageConfig, opt, ref
 from ..io import write_json, write_jsonl
+
+def precision_hashed(cfg, value: str) -> dict:
+    """What a trainer stage's run hash holds of ``precision``: the precision this machine trains in,
+    as the ``bf16`` flag it replaced (an fp32 run, as every run before the setting, keeps its hash)."""
+    from ..modeling import resolve_precision
+
+    return {"bf16": resolve_precision(value) == "bf16"}
+
+
+def base_precision_hashed(cfg, value: str) -> dict:
+    """The base stage's: nothing for fp32 (every base run before the setting) or for a pretrained
+    hub model (nothing trains), else the precision."""
+    from ..modeling import resolve_precision
+
+    resolved = "fp32" if getattr(cfg, "pretrained", "") else resolve_precision(value)
+    return {} if resolved == "fp32" else {"precision": resolved}
+
 
 SCHEDULES = ("linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup",
              "inverse_sqrt", "reduce_lr_on_plateau", "cosine_with_min_lr", "warmup_stable_decay")
@@ -41,7 +58,7 @@ class TrainingConfig(StageConfig):
     logging_steps: int = opt(10, "Log every N optimizer steps.", ge=1)
     eval_steps: int = opt(50, "Evaluate on the test split every N steps.", ge=1)
     # hardware
-    bf16: bool = opt(False, "bfloat16 training (GPUs; CPUs here have no fast bf16 path).")
+    precision: str = opt("auto", "Training precision: bf16 = mixed precision (fp32 master weights, bf16 autocast matmuls; the paper trained in bf16), fp32, or auto = bf16 where the training device has native bf16 (a bf16 GPU, a CPU with AMX or AVX-512 BF16), else fp32. The run hash holds the resolved value; metrics.json records it.", choices=PRECISIONS, hash_as=precision_hashed)
     activation_checkpointing: bool = opt(False, "Activation (gradient) checkpointing: saves memory, costs 20-35% time.")
     attn_implementation: str = opt("auto", "Attention kernel for training and the held-out probe: auto = flash_attention_2 where the flash_attn package is importable and a GPU is visible (requirements-flash.txt), else sdpa (every earlier run's); or sdpa, flash_attention_2 (an error without the package), eager. metrics.json records the one used.", choices=ATTN_IMPLEMENTATIONS, hash_omit_default=True)
     accelerate_config: str = opt("", "accelerate config file for multi-process runs (e.g. configs/accelerate/zero3.yaml).")
@@ -53,6 +70,13 @@ class TrainingConfig(StageConfig):
     lora_target_modules: list[str] = opt(LORA_MODULES, "Modules that get LoRA adapters (use_peft; Mistral's attention and MLP projections).", hash_omit_default=True)
     load_in_4bit: bool = opt(False, "QLoRA: load the frozen base weights in 4-bit NF4 (use_peft, CUDA only); needs `pip install bitsandbytes`.", hash_omit_default=True)
     seed: int = opt(0, "Training seed.")
+
+    @property
+    def bf16(self) -> bool:
+        """Whether this machine trains the stage in bf16 (``precision`` resolved here)."""
+        from ..modeling import resolve_precision
+
+        return resolve_precision(self.precision) == "bf16"
 
     @property
     def global_batch_size(self) -> int:
@@ -77,7 +101,7 @@ class TrainingConfig(StageConfig):
             eval_strategy="steps",
             eval_steps=self.eval_steps,
             save_total_limit=2,
-            bf16=self.bf16,
+            bf16=self.bf16,  # the resolved precision
             use_cpu=(not torch.cuda.is_available()) if use_cpu is None else use_cpu,
             activation_checkpointing=self.activation_checkpointing,
             report_to=[],
