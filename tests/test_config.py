@@ -70,6 +70,38 @@ def test_overrides_go_through_the_same_validation():
         load_profile("smoke", ["sft.warmup_ratio=1.5"])
 
 
+def test_one_override_shape_from_set_strings_and_from_a_notebook():
+    from zephyr_lib.config import parse_overrides
+    from zephyr_lib.plan import open_run, page_overrides
+
+    sets = ["sft.seed=1", "curate.truecase=off", "sft.seed=2", "sft.learning_rate=5e-7"]  # values as YAML: '5e-7'
+    assert parse_overrides(sets) == {"sft": {"seed": 2, "learning_rate": "5e-7"}, "curate": {"truecase": False}}
+    assert parse_overrides(parse_overrides(sets)) == parse_overrides(sets)  # the dict passes as is
+    assert load_profile("smoke", sets).overrides == parse_overrides(sets)
+    assert load_profile("smoke", sets).run_hash("sft") == load_profile("smoke", parse_overrides(sets)).run_hash("sft")
+    with pytest.raises(ConfigError, match=r"expected \{run: \{key: value\}\}"):
+        parse_overrides({"sft": 1})
+    # a notebook's parameter: {key: value} for its own run, {run: {key: value}} for any run, mixed
+    assert page_overrides("sft", {"learning_rate": 1e-3, "curate": {"n_dialogues": 60}}) == \
+        {"sft": {"learning_rate": 1e-3}, "curate": {"n_dialogues": 60}}
+    assert page_overrides("sft", {"sft": {"seed": 1}, "learning_rate": 1e-3}) == {"sft": {"seed": 1, "learning_rate": 1e-3}}
+    assert page_overrides("sft", None) == {}
+    with pytest.raises(ConfigError, match=r"\{'curate': \{'n_dialogues': 60\}\}"):
+        page_overrides("sft", {"curate.n_dialogues": 60})  # the old dotted form names the nested one
+    with pytest.raises(ConfigError, match="given twice"):
+        page_overrides("sft", {"sft": {"seed": 1}, "seed": 2})
+    with pytest.raises(ConfigError, match="overrides must be a dict"):
+        page_overrides("sft", ["learning_rate=1"])
+    with pytest.raises(ConfigError, match="has no run 'nope'"):
+        open_run("sft", "smoke", "sft", {"nope": {"x": 1}})
+    with pytest.raises(ConfigError, match="no_such_key") as e:
+        open_run("sft", "smoke", "sft", {"curate": {"no_such_key": 1}})
+    assert "run 'curate'" in str(e.value)
+    with pytest.raises(ConfigError, match="no_such_key") as e:
+        open_run("sft", "smoke", "sft", {"no_such_key": 1})
+    assert "run 'sft'" in str(e.value)
+
+
 def test_hash_is_stable_and_propagates_downstream_only():
     a, b = load_profile("smoke"), load_profile("smoke")
     assert {n: a.run_hash(n) for n in a.runs} == {n: b.run_hash(n) for n in b.runs}

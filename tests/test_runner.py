@@ -101,15 +101,38 @@ def test_notebook_parameters_are_validated_like_set(tmp_path, monkeypatch):
     assert [json.loads(m.read_text())["config"]["n_dialogues"] for m in manifests] == [60]
 
 
-def test_overrides_of_upstream_runs_reach_downstream_notebooks(tmp_path):
-    """`--set curate.x=…` changes curate's hash; the sft notebook must resolve that same curate run."""
-    from zephyr_lib.plan import load_profile
-    from zephyr_lib.plan import open_run
+def test_overrides_of_upstream_runs_reach_downstream_notebooks(tmp_path, monkeypatch):
+    """One shape from the command line to the notebook: `--set` strings become {run: {key: value}}
+    once, the runner hands that dict unchanged to the notebook as its `overrides` parameter, and the
+    sft notebook resolves from it the same sft run and the same (overridden) curate run."""
+    import yaml
+
+    from zephyr_lib import runner
+    from zephyr_lib.plan import load_profile, open_run
 
     want = load_profile("smoke", ["curate.n_dialogues=60", "sft.learning_rate=0.002"])
-    ctx = open_run("sft", "smoke", "sft", {"learning_rate": 0.002, "curate.n_dialogues": 60})
+    assert want.overrides == {"curate": {"n_dialogues": 60}, "sft": {"learning_rate": 0.002}}
+    monkeypatch.setattr(runner, "RUNS_DIR", tmp_path / "runs")
+    sent, real_popen = [], runner.subprocess.Popen
+
+    class Started(Exception):
+        pass
+
+    def popen(cmd, **kw):  # papermill's command line: the parameters go in as YAML after -y
+        if "papermill" not in cmd:  # the stage's watchdog
+            return real_popen(cmd, **kw)
+        sent.append(yaml.safe_load(cmd[cmd.index("-y") + 1]))
+        raise Started
+
+    monkeypatch.setattr(runner.subprocess, "Popen", popen)
+    with pytest.raises(Started):
+        runner.execute_run(want, "sft", want.overrides, False, 60, tmp_path / "logs")
+    assert sent[0]["overrides"] == want.overrides and sent[0]["run"] == "sft"
+    ctx = open_run("sft", "smoke", "sft", sent[0]["overrides"])
     assert ctx.hash == want.run_hash("sft") != load_profile("smoke").run_hash("sft")
     assert ctx.profile.runs["curate"].config.n_dialogues == 60
+    typed = open_run("sft", "smoke", "sft", {"learning_rate": 0.002, "curate": {"n_dialogues": 60}})
+    assert typed.hash == ctx.hash  # what one types in the notebook for its own run: the same run
 
 
 # ---------------------------------------------------------------------------- the runner owns its children

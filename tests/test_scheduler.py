@@ -50,7 +50,7 @@ def _run(fake, monkeypatch, jobs=2):
     monkeypatch.setattr(runner, "execute_run", fake)
     lines: list[str] = []
     profile = SimpleNamespace(run_hash=lambda n: "0" * 12)
-    runner._run_parallel(profile, _plan(), lambda n: {}, set(), 60.0, None, jobs,
+    runner._run_parallel(profile, _plan(), {}, set(), 60.0, None, jobs,
                          lambda msg, flush=True: lines.append(msg), [])
     return lines
 
@@ -91,7 +91,7 @@ def test_a_stage_marked_alone_waits_for_a_free_machine_and_runs_by_itself(monkey
     plan = [SimpleNamespace(name=n, stage=n, upstream=u, spec=STAGES[n]) for n, u in deps.items()]
     fake = _Fake()
     monkeypatch.setattr(runner, "execute_run", fake)
-    runner._run_parallel(SimpleNamespace(run_hash=lambda n: "0" * 12), plan, lambda n: {}, set(), 60.0, None, 2,
+    runner._run_parallel(SimpleNamespace(run_hash=lambda n: "0" * 12), plan, {}, set(), 60.0, None, 2,
                          lambda msg, flush=True: None, [])
     assert fake.threads["base"] is None and fake.t("curate", "start") >= fake.t("base", "end")
     assert fake.threads["eval"] is None and fake.peak == 1

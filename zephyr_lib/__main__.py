@@ -18,7 +18,7 @@ import dataclasses
 import json
 import sys
 
-from .config import ConfigError
+from .config import ConfigError, parse_overrides
 from .plan import describe, load_profile
 from .stages import STAGES
 from .store import CorruptRunError, StoreError
@@ -69,6 +69,8 @@ def main(argv: list[str] | None = None) -> int:
     k.add_argument("--no-rerun", action="store_true", help="skip the unchanged-rerun measurement")
     a = p.parse_args(argv)
     try:
+        if hasattr(a, "sets"):  # --set strings -> {run: {key: value}}, the shape every layer below takes
+            a.sets = parse_overrides(a.sets)
         if a.cmd == "describe":
             print(describe(a.stage))
             return 0

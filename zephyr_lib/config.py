@@ -11,9 +11,12 @@ A profile (``configs/<profile>.yaml``) has four sections::
 
 Loading is strict: an unknown key is an error naming the key, the stage and the file; values
 are coerced to the annotated type (YAML's ``5e-7`` is a string, here it becomes a float; YAML's
-``off`` is a bool and is refused for a string field). Overrides (``--set run.key=value`` or a
-notebook's ``overrides`` parameter) go through the same validation. Each resolved run has a
-stable hash over its config, the world and its upstream runs' hashes.
+``off`` is a bool and is refused for a string field). Overrides have one shape, :data:`Overrides`
+(``{run: {key: value}}``): :func:`parse_overrides` makes it from ``--set run.key=value`` strings,
+:func:`parse_profile` validates it with the same rules as the file and keeps it on the profile
+(``Profile.overrides``), and the runner passes it unchanged to every notebook as its
+``overrides`` parameter. Each resolved run has a stable hash over its config, the world and its
+upstream runs' hashes (overrides enter it only through the configs they change).
 """
 from __future__ import annotations
 
@@ -25,7 +28,7 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import Any, Iterable, Iterator, Mapping
 
 import yaml
 
@@ -51,6 +54,9 @@ ENV_VAR_NAME = re.compile(r"[A-Z_][A-Z0-9_]*")
 
 class ConfigError(ValueError):
     """A profile or override is invalid; the message names the file, stage and key."""
+
+
+Overrides = dict[str, dict[str, Any]]  # {run name: {config key: value}}: the one shape of config overrides
 
 
 def opt(default: Any, help: str, *, choices: tuple | None = None, ge: float | None = None,
@@ -273,6 +279,28 @@ def parse_override(text: str) -> tuple[str, str, Any]:
     return run, key, value
 
 
+def parse_overrides(overrides: Iterable[str] | Mapping[str, Mapping[str, Any]] | None) -> Overrides:
+    """The one shape of config overrides, ``{run: {key: value}}`` (:data:`Overrides`), from
+    ``--set run.key=value`` strings (values parsed as YAML; a later ``--set`` of the same key wins)
+    or from a mapping already in that shape (copied). Only the shape is checked here; whether the
+    runs and keys exist and the values fit is :func:`parse_profile`'s check, against the profile."""
+    if isinstance(overrides, Mapping):
+        out: Overrides = {}
+        for run, keys in overrides.items():
+            if not isinstance(keys, Mapping):
+                raise ConfigError(f"override {run!r}: expected {{run: {{key: value}}}}, got {run!r}: {keys!r} "
+                                  f"(e.g. {{'sft': {{'learning_rate': 1e-4}}}})")
+            out[str(run)] = dict(keys)
+        return out
+    if isinstance(overrides, str):  # one string is not a list of them: 'sft.x=1' would be read letter by letter
+        overrides = [overrides]
+    out = {}
+    for text in overrides or []:
+        run, key, value = parse_override(text)
+        out.setdefault(run, {})[key] = value
+    return out
+
+
 # --------------------------------------------------------------------------------------------
 # Profiles and the plan
 # --------------------------------------------------------------------------------------------
@@ -297,6 +325,7 @@ class Profile:
     runs: dict[str, Run]
     raw: dict
     endpoints: dict[str, EndpointConfig] = field(default_factory=dict)
+    overrides: Overrides = field(default_factory=dict)  # applied to the file's runs (validated); not hashed
 
     def order(self, only: list[str] | None = None) -> list[Run]:
         """Runs in dependency order; with `only`, those runs plus everything they need."""
@@ -409,10 +438,12 @@ def profile_path(profile: str) -> Path:
     return p
 
 
-def parse_profile(profile: str, registry: Mapping[str, Stage], overrides: list[str] | dict | None = None) -> Profile:
+def parse_profile(profile: str, registry: Mapping[str, Stage],
+                  overrides: Iterable[str] | Mapping[str, Mapping[str, Any]] | None = None) -> Profile:
     """Load configs/<profile>.yaml strictly against the stage records of ``registry`` (what
-    ``plan.load_profile`` passes: ``stages.STAGES``) and apply overrides (``run.key=value`` strings,
-    or a {run: {key: value}} dict). Raises ConfigError naming the file, run/stage and key."""
+    ``plan.load_profile`` passes: ``stages.STAGES``) and apply overrides (:data:`Overrides`, or
+    ``run.key=value`` strings, see :func:`parse_overrides`); the validated overrides are kept as
+    ``Profile.overrides``. Raises ConfigError naming the file, run/stage and key."""
     path = profile_path(profile)
     try:
         text = path.read_bytes().decode("utf-8")
@@ -450,13 +481,7 @@ def parse_profile(profile: str, registry: Mapping[str, Stage], overrides: list[s
             raise ConfigError(f"{path}: stages: unknown stage {s!r}; stages: {', '.join(configs)}")
     plan = raw.get("runs") or {s: {} for s in configs}
 
-    ov: dict[str, dict] = {}
-    if isinstance(overrides, dict):
-        ov = {k: dict(v) for k, v in overrides.items()}
-    else:
-        for text in overrides or []:
-            run, key, value = parse_override(text)
-            ov.setdefault(run, {})[key] = value
+    ov = parse_overrides(overrides)
     for run in ov:
         if run not in plan:
             raise ConfigError(f"override {run}.*: profile {path.name} has no run {run!r}; runs: {', '.join(plan)}")
@@ -498,7 +523,7 @@ def parse_profile(profile: str, registry: Mapping[str, Stage], overrides: list[s
             if u not in runs:
                 raise ConfigError(f"{path}: run {name!r} refers to run {u!r}, which the plan does not have")
         runs[name] = dataclasses.replace(run, upstream=tuple(dict.fromkeys(ups)))
-    prof = Profile(path.stem, path, seed, world, runs, raw, endpoints)
+    prof = Profile(path.stem, path, seed, world, runs, raw, endpoints, ov)
     prof.order()  # raises on cycles
     return prof
 

@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .config import ConfigError, build
+from .config import ConfigError, Overrides, build, parse_overrides
 from .io import read_json, write_json
 from .launch import (CONFIG_FILE, DEFAULT_PORT, EXTRA_ARGS_ENV, IP_ENV, RESULT_FILE, Cluster, LaunchError,
                      check_stage, check_topology, cluster_for, global_ranks, gpu_count, json_safe, launch_command,
@@ -94,11 +94,12 @@ def node_main(argv: list[str] | None = None) -> int:
     p.add_argument("--force", action="store_true", help="node 0: rerun even if a complete run exists")
     a = p.parse_args(argv)
     stages = [x.strip() for x in a.stages.split(",") if x.strip()] or None
+    sets = parse_overrides(a.sets)  # {run: {key: value}}
     rank = node_rank()
     if rank == 0:
         from .runner import run_pipeline
-        return run_pipeline(a.profile, stages, a.sets, a.force)
-    prof = load_profile(a.profile, a.sets)
+        return run_pipeline(a.profile, stages, sets, a.force)
+    prof = load_profile(a.profile, sets)
     for run in prof.order(stages):
         if run.spec.trainer and needs_launcher(run.config) and cluster_for(run.config).multi_node:
             follow(prof, run.name)
@@ -148,9 +149,9 @@ def _decoding(cfg: Any) -> dict:
             "alpaca_eval": ae.decoding_settings(cfg)}
 
 
-def dry_run(profile: str | Any, gpus_per_node: int = 8, num_machines: int = 2, *, sets: list[str] | None = None,
-            stages: list[str] | None = None, main_process_ip: str = "", main_process_port: int | None = None,
-            root: Path | None = None, echo=print, preflight: bool = True) -> dict:
+def dry_run(profile: str | Any, gpus_per_node: int = 8, num_machines: int = 2, *,
+            sets: Overrides | list[str] | None = None, stages: list[str] | None = None, main_process_ip: str = "",
+            main_process_port: int | None = None, root: Path | None = None, echo=print, preflight: bool = True) -> dict:
     """Print, for every run of ``profile``'s plan (or of ``stages`` and what they need), its resolved
     config (datasets and revisions, models, judge and decoding settings) and, for the training
     stages, global batch = per-device × accumulation × processes and the exact ``accelerate

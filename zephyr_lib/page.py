@@ -18,7 +18,11 @@ def open_stage(stage: str, profile: str = "toy", run: str | None = None, overrid
                force: bool = False):
     """The one call at the top of a stage notebook: resolve the run (parameters validated like
     ``--set``), build it into the store if it is not there yet, print where it is. Returns the
-    run's context; ``ctx.metrics()`` holds what the page shows."""
+    run's context; ``ctx.metrics()`` holds what the page shows.
+
+    ``overrides``: ``{"learning_rate": 1e-3}`` for this run, ``{"curate": {"n_dialogues": 60}}``
+    for any run of the plan (the shape the runner passes), or both in one dict; see
+    :func:`zephyr_lib.plan.page_overrides`. An unknown run or key is a ConfigError naming it."""
     import sys
 
     from .plan import open_run

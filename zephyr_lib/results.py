@@ -58,6 +58,17 @@ PAPER_MODELS = {
     "GPT-4": (8.99, 95.28, 0.72),
     "text-davinci-003": (None, 50.0, None),  # AlpacaEval's reference: 50 by definition
 }
+#: the benchmark (a ``BENCHMARKS`` name) of each headline number of a PAPER_MODELS row, in order
+PAPER_MODEL_BENCHMARKS = ("mt_bench", "alpaca_eval")
+
+
+def paper_score(model: str, benchmark: str) -> float | None:
+    """The paper's headline number for one of its models (a PAPER_MODELS name) on a benchmark, or
+    None when the paper gives none (or does not report that benchmark)."""
+    row = PAPER_MODELS.get(model)
+    if row is None or benchmark not in PAPER_MODEL_BENCHMARKS:
+        return None
+    return row[PAPER_MODEL_BENCHMARKS.index(benchmark)]
 
 
 # ---- results of earlier builds (stored data, never typed into a page) -------------------------

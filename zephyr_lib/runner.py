@@ -43,8 +43,7 @@ from pathlib import Path
 import nbformat
 import yaml
 
-from .config import (REPO, THREADS_ENV, ConfigError, Profile, check_secret_free, parse_override,
-                     refuse_secret_names)
+from .config import REPO, THREADS_ENV, ConfigError, Overrides, Profile, check_secret_free, refuse_secret_names
 from .io import DataError, read_json
 from .plan import load_profile
 from .stages import STAGES
@@ -392,14 +391,16 @@ def _ignoring_signals():
     return {sig: signal.signal(sig, signal.SIG_IGN) for sig in (signal.SIGINT, signal.SIGTERM)}
 
 
-def execute_run(profile: Profile, run_name: str, overrides: dict, force: bool, timeout_s: float,
+def execute_run(profile: Profile, run_name: str, overrides: Overrides, force: bool, timeout_s: float,
                 log_dir: Path, threads: int | None = None, running: dict | None = None) -> str:
     """Execute one run's notebook; returns 'cached' (nothing ran), 'rendered' (the run was complete:
     only its page was executed again) or 'done'. Raises StageFailed, StoreError
     (the store could not be written: one line naming the path), or a KeyboardInterrupt after
-    stopping every process of the stage. ``threads``: the CPU threads the stage may use (when
-    several run at once); ``running``: a registry where the stage's process token and lock path
-    stay while it runs, for a caller that must stop it from another thread."""
+    stopping every process of the stage. ``overrides``: the plan's overrides, {run: {key: value}}
+    (``profile.overrides``), passed unchanged as the notebook's ``overrides`` parameter, so that
+    the notebook resolves the same run and upstream hashes. ``threads``: the CPU threads the
+    stage may use (when several run at once); ``running``: a registry where the stage's process
+    token and lock path stay while it runs, for a caller that must stop it from another thread."""
     ctx = context(profile, run_name)
     dest = executed_path(profile, run_name)
     if not force:
@@ -539,7 +540,7 @@ def _runs_alone(run) -> bool:
     return run.spec.alone
 
 
-def _run_parallel(profile: Profile, plan: list, run_overrides, forced: set[str], timeout_s: float, log_dir: Path,
+def _run_parallel(profile: Profile, plan: list, overrides: Overrides, forced: set[str], timeout_s: float, log_dir: Path,
                   jobs: int, echo, current: list) -> None:
     """Execute the plan with up to ``jobs`` runs at once, each as soon as its upstream runs are done
     (in plan order), each with its share of the CPU threads. A run that is the only one ready while
@@ -573,7 +574,7 @@ def _run_parallel(profile: Profile, plan: list, run_overrides, forced: set[str],
                     echo(f"{tag}: started", flush=True)
                     started[run.name] = (tag, time.time())
                     exclusive = alone
-                    futures[pool.submit(execute_run, profile, run.name, run_overrides(run.name), run.name in forced,
+                    futures[pool.submit(execute_run, profile, run.name, overrides, run.name in forced,
                                         timeout_s, log_dir, None if alone else threads, running)] = run.name
                 if not futures:
                     break
@@ -611,7 +612,7 @@ def _run_parallel(profile: Profile, plan: list, run_overrides, forced: set[str],
         raise StageFailed(f"runs never became ready (their upstream runs are not in the plan?): {', '.join(missing)}")
 
 
-def run_pipeline(profile_name: str, stages: list[str] | None = None, sets: list[str] | None = None,
+def run_pipeline(profile_name: str, stages: list[str] | None = None, sets: Overrides | list[str] | None = None,
                  force: bool = False, timeout_s: float | None = None, echo=print, jobs: int | None = None,
                  retry_failed: bool = False) -> int:
     """Validate everything first, then execute the plan in dependency order (``jobs`` runs at once;
@@ -619,17 +620,15 @@ def run_pipeline(profile_name: str, stages: list[str] | None = None, sets: list[
 
     Returns 0, or 128 + the signal number when SIGINT/SIGTERM stopped it (after stopping the
     stages' processes and saying what was kept). Raises StageFailed, StoreError, ConfigError.
-    ``retry_failed``: the stages' judges ask again for requests whose replies never parsed, past
-    their limit of attempts across runs (``--retry-failed``; it enters no run's hash)."""
+    ``sets``: the config overrides, {run: {key: value}} (or ``--set`` strings); validated once
+    against the profile, then passed unchanged to every notebook. ``retry_failed``: the stages'
+    judges ask again for requests whose replies never parsed, past their limit of attempts across
+    runs (``--retry-failed``; it enters no run's hash)."""
     if jobs is not None and jobs < 1:
         raise ConfigError(f"--jobs must be at least 1, got {jobs}")
     profile = load_profile(profile_name, sets)  # raises ConfigError before any work
     jobs = default_jobs() if jobs is None else jobs
     check_secret_free(profile)                  # *_api_key_env hold names, no value looks like a key
-    overrides: dict[str, dict] = {}
-    for text in sets or []:
-        run, key, value = parse_override(text)
-        overrides.setdefault(run, {})[key] = value
     plan = profile.order(stages)
     if not force:
         forced: set[str] = set()
@@ -665,10 +664,6 @@ def run_pipeline(profile_name: str, stages: list[str] | None = None, sets: list[
             handlers[sig] = signal.signal(sig, _raise_interrupt)
     t_all = time.time()
 
-    def run_overrides(name: str) -> dict:
-        return {**{f"{r}.{k}": v for r, kv in overrides.items() if r != name for k, v in kv.items()},
-                **overrides.get(name, {})}
-
     current: list[str] = []
     try:
         if jobs == 1:
@@ -677,10 +672,10 @@ def run_pipeline(profile_name: str, stages: list[str] | None = None, sets: list[
                 tag = f"[{i}/{len(plan)}] {run.name} ({run.stage} @ {profile.run_hash(run.name)})"
                 echo(f"{tag}: started", flush=True)
                 t0 = time.time()
-                state = execute_run(profile, run.name, run_overrides(run.name), run.name in forced, timeout_s, log_dir)
+                state = execute_run(profile, run.name, profile.overrides, run.name in forced, timeout_s, log_dir)
                 echo(f"{tag}: {outcome(state, t0)}", flush=True)
         else:
-            _run_parallel(profile, plan, run_overrides, forced, timeout_s, log_dir, jobs, echo, current)
+            _run_parallel(profile, plan, profile.overrides, forced, timeout_s, log_dir, jobs, echo, current)
     except KeyboardInterrupt as e:
         signum = getattr(e, "signum", signal.SIGINT)
         for sig in handlers:  # a second Ctrl-C while reporting must not leave a traceback

@@ -5,7 +5,9 @@ format), ``judge`` (the judge's verdicts, or log-likelihood scoring) and ``score
 :meth:`Benchmark.run` does the three for one model and writes ``metrics.json`` +
 ``predictions.jsonl`` into ``out``. ``columns`` (through ``summary``) gives a model's columns in
 the results stage's tables;
-``per_item`` gives per-question scores for paired comparisons between models.
+``per_item`` gives per-question scores for paired comparisons between models, and ``comparison``
+(a :class:`Comparison`) says how the results stage names, scales and checks those comparisons: the
+claims' verdicts and the like-for-like table loop over the benchmarks that declare one.
 
 Adding a benchmark: one class here and one line in :data:`BENCHMARKS`.
 """
@@ -13,11 +15,25 @@ from __future__ import annotations
 
 import os
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
 from ..agent import Agent
 from ..io import read_jsonl, write_json, write_jsonl
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """How the results stage compares two models on a benchmark: a paired bootstrap over the
+    benchmark's ``per_item`` scores, reported against its headline metric."""
+
+    metric: str  # the headline metric's key in the benchmark's metrics.json
+    label: str  # the benchmark's name in verdicts: "claim (label): reproduced, ..."
+    metric_label: str  # the headline metric's name in tables, with its unit if it has one
+    unit: str = ""  # after a difference in verdicts
+    scale: float = 1.0  # a per_item score times this is on the headline metric's scale
+    rejudge: str = ""  # the eval run's metrics key holding the paper model's archived outputs judged today
 
 
 class Benchmark:
@@ -26,6 +42,7 @@ class Benchmark:
     name: ClassVar[str]
     title: ClassVar[str]
     columns: ClassVar[dict[str, tuple[str, float]]] = {}  # metric key -> (results-table column, scale)
+    comparison: ClassVar[Comparison | None] = None  # set: claims are checked on it (``per_item`` needed)
     needs_weights: ClassVar[bool] = False  # scores log-likelihoods: only trained models (agent.path set)
     judged: ClassVar[bool] = True  # calls the judge
 
@@ -96,6 +113,7 @@ class MTBench(Benchmark):
 
     name, title = "mt_bench", "MT-Bench"
     columns = {"overall": ("mt_bench", 1.0)}
+    comparison = Comparison(metric="overall", label="MT-Bench", metric_label="MT-Bench")  # a score of 1-10
     input_name = "questions"
 
     @classmethod
@@ -232,6 +250,9 @@ class AlpacaEval(Benchmark):
 
     name, title = "alpaca_eval", "AlpacaEval"
     columns = {"win_rate": ("alpaca", 1.0), "standard_error": ("alpaca_se", 1.0)}  # both in points already
+    # per_item: 1 a win, 0.5 a tie, 0 a loss; the win rate is in percent
+    comparison = Comparison(metric="win_rate", label="AlpacaEval", metric_label="AlpacaEval %", unit=" pts",
+                            scale=100.0, rejudge="alpaca_rejudge")
     input_name = "instructions"
 
     @classmethod

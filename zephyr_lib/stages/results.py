@@ -49,7 +49,7 @@ class ResultsConfig(StageConfig):
     table1: list[str] = opt(["base", "sft_alpha", "sft", "dpo", "teacher", "reference"],
                             "Models of the Table 1/2 analogue, in order (runs or toy agents).")
     analogues: list[str] = opt(DEFAULT_ANALOGUES, "'model=paper model': the paper's row each model stands for (its numbers come from results.PAPER_MODELS).")
-    claims: list[str] = opt(DEFAULT_CLAIMS, "'claim: a > b': the paper's findings checked by a paired bootstrap on MT-Bench and AlpacaEval.")
+    claims: list[str] = opt(DEFAULT_CLAIMS, "'claim: a > b': the paper's findings checked by a paired bootstrap on each benchmark with a comparison record (evals.benchmarks: MT-Bench, AlpacaEval).")
     ablation: list[str] = opt(["dDPO − dSFT=dpo_base", "dSFT-1=sft", "dSFT-2=sft2", "dDPO + dSFT=dpo_1ep"],
                               "Table 3 arms as 'arm=run' (the paper's arm names).")
     epochs: list[str] = opt(["sft", "dpo@1", "dpo@2", "dpo"], "Models of the MT-Bench-vs-DPO-epochs curve (Figure 3).")
@@ -148,19 +148,22 @@ def build(ctx, out: Path) -> dict:
                 r.update(bench.summary(em[name][bench.name]))
         return r
 
+    # the benchmarks two models are compared on (paired bootstrap), each with its Comparison record
+    compared = [b for b in BENCHMARKS.values() if b.comparison is not None]
+
     def diff(a: str, b: str, bench: str) -> dict | None:
         if not (have(a, bench) and have(b, bench)):
             return None
         return R.paired_diff(items(a, bench), items(b, bench), cfg.n_bootstrap, cfg.seed,
-                             100.0 if bench == "alpaca_eval" else 1.0)
+                             BENCHMARKS[bench].comparison.scale)
 
     verdicts: list[str] = []
     for claim, pair in _pairs(cfg.claims, ":", "claims"):
         a, b = _pairs([pair], ">", "claims")[0]
-        for bench, label, unit in (("mt_bench", "MT-Bench", ""), ("alpaca_eval", "AlpacaEval", " pts")):
-            d = diff(a, b, bench)
+        for bench in compared:
+            d = diff(a, b, bench.name)
             if d is not None:
-                verdicts.append(R.verdict(f"{claim} ({label})", d, unit))
+                verdicts.append(R.verdict(f"{claim} ({bench.comparison.label})", d, bench.comparison.unit))
 
     analogue = dict(_pairs(cfg.analogues, "=", "analogues"))
     table1 = []
@@ -256,20 +259,20 @@ def build(ctx, out: Path) -> dict:
     for run, anchor in _pairs(cfg.like_for_like, "=", "like_for_like"):
         if run not in em or anchor not in em:
             continue
-        paper = R.PAPER_MODELS.get(analogue_of.get(run, ""), (None, None, None))
-        for bench, label, i, scale in (("mt_bench", "MT-Bench", 0, 1.0), ("alpaca_eval", "AlpacaEval %", 1, 100.0)):
-            if not (have(run, bench) and have(anchor, bench)):
+        for bench in compared:
+            c, name = bench.comparison, bench.name
+            if not (have(run, name) and have(anchor, name)):
                 continue
-            key = "overall" if bench == "mt_bench" else "win_rate"
-            d = diff(run, anchor, bench)
-            entry = {"benchmark": label, "run": run, "anchor": anchor, "paper_model": analogue_of.get(run, ""),
-                     "paper_2023_judge": paper[i], "anchor_today": em[anchor][bench][key], "run_today": em[run][bench][key],
-                     "diff": d["diff"], "lo": d["lo"], "hi": d["hi"], "n": d["n"],
-                     "judge_drift": None if paper[i] is None else em[anchor][bench][key] - paper[i]}
-            if bench == "alpaca_eval" and drift and drift.get("win_rate") is not None and anchor == "zephyr-7b-beta":
-                entry["archived_outputs_today"] = drift["win_rate"]
-            entry["verdict"] = R.verdict(f"{run} vs the paper's {anchor}, same judge ({label})", d,
-                                         " pts" if bench == "alpaca_eval" else "")
+            paper = R.paper_score(analogue_of.get(run, ""), name)
+            d = diff(run, anchor, name)
+            entry = {"benchmark": c.metric_label, "run": run, "anchor": anchor, "paper_model": analogue_of.get(run, ""),
+                     "paper_2023_judge": paper, "anchor_today": em[anchor][name][c.metric],
+                     "run_today": em[run][name][c.metric], "diff": d["diff"], "lo": d["lo"], "hi": d["hi"], "n": d["n"],
+                     "judge_drift": None if paper is None else em[anchor][name][c.metric] - paper}
+            rejudged = ev.metrics().get(c.rejudge) if c.rejudge else None  # the paper model's archived outputs
+            if rejudged and rejudged.get(c.metric) is not None and anchor == "zephyr-7b-beta":
+                entry["archived_outputs_today"] = rejudged[c.metric]
+            entry["verdict"] = R.verdict(f"{run} vs the paper's {anchor}, same judge ({c.metric_label})", d, c.unit)
             verdicts.append(entry["verdict"])
             like_for_like.append(entry)
     weakest = {}
