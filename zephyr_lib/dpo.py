@@ -435,7 +435,8 @@ def train(cfg: DPOConfig, init: Path | str, data: Path | str, out: Path, *, call
     # The reference log-probs are precomputed while the trainer is built: unpadded from there on.
     with (UnpaddedBackbone(model) if cfg.padding_free else contextlib.nullcontext()), \
             (labelled_positions_only() if cfg.padding_free else contextlib.nullcontext()):
-        trainer_class = dpo_trainer_class(ref_cache, unpadded=cfg.padding_free)
+        # the precision is part of the content (bf16 autocast gives other log-probs); fp32 keys stay as before
+        trainer_class = dpo_trainer_class(ref_cache, unpadded=cfg.padding_free, **({"precision": "bf16"} if args.bf16 else {}))
         trainer = trainer_class(model=model, ref_model=None, args=args, train_dataset=prefs["train"],
                              eval_dataset=prefs["test"], processing_class=tok,
                              callbacks=([saver] if cfg.save_per_epoch else []) + list(callbacks),

@@ -34,7 +34,7 @@ class BaseConfig(StageConfig):
     learning_rate: float = opt(2e-3, "Peak AdamW learning rate (cosine schedule).", gt=0)
     warmup_ratio: float = opt(0.05, "Fraction of steps of linear warmup.", ge=0, lt=1)
     batch_size: int = opt(32, "Blocks per optimizer step.", ge=1)
-    precision: str = opt("auto", "Training precision: auto = bf16 mixed precision where the CPU/GPU has native bf16 (AMX, AVX-512 BF16, bf16 GPUs), else fp32; or bf16, fp32. The run hash holds the resolved value; metrics.json records it.", choices=PRECISIONS, hash_as=base_precision_hashed)
+    precision: str = opt("auto", "Training precision: auto = bf16 mixed precision on a GPU with native bf16, fp32 on a CPU; or bf16, fp32. The run hash holds the resolved value; metrics.json records it.", choices=PRECISIONS, hash_as=base_precision_hashed)
     seed: int = opt(0, "Training seed.")
 
     def __post_init__(self) -> None:

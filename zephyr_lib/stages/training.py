@@ -58,7 +58,7 @@ class TrainingConfig(StageConfig):
     logging_steps: int = opt(10, "Log every N optimizer steps.", ge=1)
     eval_steps: int = opt(50, "Evaluate on the test split every N steps.", ge=1)
     # hardware
-    precision: str = opt("auto", "Training precision: bf16 = mixed precision (fp32 master weights, bf16 autocast matmuls; the paper trained in bf16), fp32, or auto = bf16 where the training device has native bf16 (a bf16 GPU, a CPU with AMX or AVX-512 BF16), else fp32. The run hash holds the resolved value; metrics.json records it.", choices=PRECISIONS, hash_as=precision_hashed)
+    precision: str = opt("auto", "Training precision: bf16 = mixed precision (fp32 master weights, bf16 autocast matmuls; the paper trained in bf16), fp32, or auto = bf16 on a GPU with native bf16, fp32 on a CPU (on the toy model bf16 measured no faster on CPUs, even with AMX). The run hash holds the resolved value; metrics.json records it.", choices=PRECISIONS, hash_as=precision_hashed)
     activation_checkpointing: bool = opt(False, "Activation (gradient) checkpointing: saves memory, costs 20-35% time.")
     attn_implementation: str = opt("auto", "Attention kernel for training and the held-out probe: auto = flash_attention_2 where the flash_attn package is importable and a GPU is visible (requirements-flash.txt), else sdpa (every earlier run's); or sdpa, flash_attention_2 (an error without the package), eager. metrics.json records the one used.", choices=ATTN_IMPLEMENTATIONS, hash_omit_default=True)
     accelerate_config: str = opt("", "accelerate config file for multi-process runs (e.g. configs/accelerate/zero3.yaml).")
