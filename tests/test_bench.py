@@ -79,6 +79,9 @@ def test_floor_summary_names_unsteady_runs_and_the_whole_builds_ratio():
     text = bench.floor_summary(f)
     assert "10.0 min" in text and "(bf16)" in text and "20.0 min (50% of the rate)" in text
     assert "25.0 min = 2.5× the floor" in text and "Unreliable" in text and "sft" in text
+    assert "bf16 matmul rate" not in text
+    f.update(precisions=["fp32"], bf16_floor_s=90.0)
+    assert "bf16 matmul rate, recorded beside each run, the same FLOPs would take 1.5 min" in bench.floor_summary(f)
 
 
 def test_a_measurement_in_its_own_process_reports_a_clear_error(tmp_path):

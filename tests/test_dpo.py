@@ -215,7 +215,19 @@ def test_runs_with_the_same_reference_and_pairs_share_one_reference_pass(assets,
     assert again == first
 
 
+def test_the_reference_cache_keeps_bf16_passes_apart_from_fp32(assets, tmp_path):
+    """A bf16 run's reference log-probs (autocast) are other numbers: it never reads an fp32 run's,
+    and an fp32 rerun still finds its own."""
+    cache = tmp_path / "ref_cache"
+    for i, precision in enumerate(("fp32", "bf16", "fp32")):
+        res = dpo.train(_cfg(num_train_epochs=1, precision=precision), assets["init"], assets["data"],
+                        tmp_path / f"run{i}", ref_cache=cache)
+        assert res.metrics["precision"] == precision
+        assert len(list(cache.glob("*.json"))) == (1 if i == 0 else 2)
+
+
 # ---- arguments and data -------------------------------------------------------------------------
+
 
 def test_trl_args_paper_values(tmp_path):
     cfg = DPOConfig(per_device_train_batch_size=4, gradient_accumulation_steps=2, num_processes=4,

@@ -454,7 +454,7 @@ def plan_floor(profile: str, rate: float) -> dict:
         precision = m.get("precision", "fp32")
         r_rate, steady = run_rate(man, precision)
         timing = {"wall_s": man.get("wall_time_s"), "precision": precision, "rate": r_rate or rate,
-                  "rate_recorded": r_rate is not None, "steady": steady}
+                  "rate_recorded": r_rate is not None, "steady": steady, "bf16_rate": run_rate(man, "bf16")[0]}
         if run.stage == "base":
             if getattr(cfg, "pretrained", ""):
                 continue
@@ -498,7 +498,10 @@ def plan_floor(profile: str, rate: float) -> dict:
     every = [context(prof, r.name) for r in prof.order()]
     build_s = sum(c.manifest().get("wall_time_s") or 0 for c in every if c.complete)
     floor_s = sum(r["floor_s"] for r in rows)
+    bf16_floor_s = (sum(r["flops"] / r["bf16_rate"] for r in rows)
+                    if rows and all(r["bf16_rate"] for r in rows) else None)  # where every run recorded a bf16 rate
     return {"measured": True, "rate": rate, "flops": total, "floor_s": floor_s, "runs": rows,
+            "bf16_floor_s": bf16_floor_s,
             "precisions": sorted({r["precision"] for r in rows}),
             "unsteady": [r["run"] for r in rows if r["rate_recorded"] and not r["steady"]],
             "rates_not_recorded": [r["run"] for r in rows if not r["rate_recorded"]],
@@ -723,6 +726,9 @@ def floor_summary(f: dict) -> str:
             f"({f['floor_s'] / wall:.0%} of the rate)")
     if f.get("build_ratio"):
         text += f"; all the plan's runs took {f['build_s'] / 60:.1f} min = {f['build_ratio']:.1f}× the floor"
+    if f.get("bf16_floor_s") and "bf16" not in f.get("precisions", []):
+        text += (f" (at this processor's bf16 matmul rate, recorded beside each run, the same FLOPs would take "
+                 f"{f['bf16_floor_s'] / 60:.1f} min)")
     if f.get("unsteady"):
         text += (f". Unreliable: the matmul rate moved by more than {UNSTEADY:.0%} during {', '.join(f['unsteady'])} "
                  f"(another process shared the cores)")
