@@ -126,7 +126,12 @@ def test_the_plans_compute_floor_counts_every_training_token(site):
     assert f["measured"] is True
     runs = {r["run"]: r for r in f["runs"]}
     assert {"base", "sft", "dpo", "dpo_base", "sft2"} <= set(runs) and "eval" not in runs
-    assert f["flops"] == pytest.approx(sum(r["flops"] for r in f["runs"])) and f["floor_s"] == pytest.approx(f["flops"] / 1e11)
+    assert f["flops"] == pytest.approx(sum(r["flops"] for r in f["runs"]))
+    # each run at the matmul rate its manifest recorded beside it, not at the rate passed in (measured later)
+    assert f["rates_not_recorded"] == [] and all(r["rate_recorded"] and r["rate"] != 1e11 for r in f["runs"])
+    assert f["floor_s"] == pytest.approx(sum(r["flops"] / r["rate"] for r in f["runs"]))
+    man = json.loads((run_dir(site, "sft") / "manifest.json").read_text())
+    assert runs["sft"]["rate"] == pytest.approx(bench_rate(man))
     from datasets import load_from_disk
     from transformers import AutoTokenizer
 
@@ -139,6 +144,12 @@ def test_the_plans_compute_floor_counts_every_training_token(site):
                for m in train["messages"]]
     assert runs["sft"]["train_tokens"] == sum(lengths) * cfg.num_train_epochs
     assert runs["dpo"]["train_tokens"] > 0 and runs["dpo"]["flops"] > 0
+
+
+def bench_rate(manifest: dict) -> float:
+    from zephyr_lib.bench import run_rate
+
+    return run_rate(manifest, "fp32")[0]
 
 
 @pytest.fixture(scope="module")
