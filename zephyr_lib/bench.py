@@ -745,13 +745,14 @@ def floor_lines(f: dict) -> list[str]:
     from .tables import markdown
     if not f.get("measured"):
         return ["", "### The plan's compute floor", "", f"Not measured: {f.get('reason', 'no store')}."]
+    summary = floor_summary(f)  # one sentence, shared with the bench's printed table
     lines = ["", "### The plan's compute floor", "",
              f"The training runs of this profile's plan, counted from the store: every training token at "
              f"6·N + 12·L·d·T model FLOPs, the in-training evaluations and dDPO's reference passes (forward, a "
              f"third of that), each run's FLOPs at the matmul rate recorded beside it (at its start and end, in "
              f"the precision it trained in): no implementation of these runs can be faster on this machine. "
              f"Not counted, so the floor is low: {f['not_counted']}.", "",
-             floor_summary(f) + ".", "",
+             summary[:1].upper() + summary[1:] + ".", "",
              markdown(pd.DataFrame([{
                  "run": r["run"], "stage": r["stage"], "precision": r.get("precision", "fp32"),
                  "rate (GFLOP/s)": r.get("rate", f["rate"]) / 1e9, "training tokens": r["train_tokens"],
